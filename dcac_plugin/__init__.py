@@ -1,0 +1,15 @@
+"""dcac-reid: DCAC (diffusion model-assisted CLIP Re-ID) as a torchreid extension.
+
+``import dcac_plugin`` registers, into torchreid's own tables, the models
+``clip_vit_b16`` and ``clip_vit_tiny`` and the synthetic demo datasets, and fills our
+engine and loss registries (torchreid has none). Importing again changes nothing.
+"""
+from . import engines, losses  # noqa: F401  (fill the ENGINES / LOSSES registries)
+from .registration import register_all
+from .registry import ENGINES, LOSSES
+
+__version__ = "0.1.0"
+
+register_all()
+
+__all__ = ["ENGINES", "LOSSES", "__version__", "register_all"]

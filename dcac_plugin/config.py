@@ -1,0 +1,342 @@
+"""Configuration: torchreid's default keys, plus ``engine`` and a ``dcac`` section.
+
+A config written for upstream torchreid merges unchanged and means the same: every
+upstream key keeps its upstream default. Choosing ``engine: baseline`` or
+``engine: dcac`` starts instead from the paper's recipe (DCAC paper, section 5.2),
+so a short YAML file reproduces the paper; any key the file sets still wins.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from .registry import nearest_name
+
+PAPER_ENGINES = ("baseline", "dcac")
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names it and the fix."""
+
+
+def get_default_config() -> CN:
+    """Upstream torchreid's defaults (scripts/default_config.py) plus our additions."""
+    cfg = CN()
+    cfg.use_gpu = True  # upstream configs set it; it is AND-ed with torch.cuda.is_available()
+    # Which engine trains: softmax | triplet (torchreid's own) | baseline | dcac.
+    # Empty means "as upstream": the engine named by loss.name.
+    cfg.engine = ""
+
+    cfg.model = CN()
+    cfg.model.name = "resnet50"
+    cfg.model.pretrained = True
+    cfg.model.load_weights = ""
+    cfg.model.resume = ""
+
+    cfg.data = CN()
+    cfg.data.type = "image"
+    cfg.data.root = "reid-data"
+    cfg.data.sources = ["market1501"]
+    cfg.data.targets = ["market1501"]
+    cfg.data.workers = 4
+    cfg.data.split_id = 0
+    cfg.data.height = 256
+    cfg.data.width = 128
+    cfg.data.combineall = False
+    cfg.data.transforms = ["random_flip"]
+    cfg.data.k_tfm = 1
+    cfg.data.norm_mean = [0.485, 0.456, 0.406]
+    cfg.data.norm_std = [0.229, 0.224, 0.225]
+    cfg.data.save_dir = "log"
+    cfg.data.load_train_targets = False
+
+    cfg.market1501 = CN()
+    cfg.market1501.use_500k_distractors = False
+    cfg.cuhk03 = CN()
+    cfg.cuhk03.labeled_images = False
+    cfg.cuhk03.classic_split = False
+    cfg.cuhk03.use_metric_cuhk03 = False
+
+    cfg.sampler = CN()
+    cfg.sampler.train_sampler = "RandomSampler"
+    cfg.sampler.train_sampler_t = "RandomSampler"
+    cfg.sampler.num_instances = 4
+    cfg.sampler.num_cams = 1
+    cfg.sampler.num_datasets = 1
+
+    cfg.video = CN()
+    cfg.video.seq_len = 15
+    cfg.video.sample_method = "evenly"
+    cfg.video.pooling_method = "avg"
+
+    cfg.train = CN()
+    cfg.train.optim = "adam"
+    cfg.train.lr = 0.0003
+    cfg.train.weight_decay = 5e-4
+    cfg.train.max_epoch = 60
+    cfg.train.start_epoch = 0
+    cfg.train.batch_size = 32
+    cfg.train.fixbase_epoch = 0
+    cfg.train.open_layers = ["classifier"]
+    cfg.train.staged_lr = False
+    cfg.train.new_layers = ["classifier"]
+    cfg.train.base_lr_mult = 0.1
+    cfg.train.lr_scheduler = "single_step"  # also: multi_step, cosine, warmup_multi_step
+    cfg.train.stepsize = [20]
+    cfg.train.gamma = 0.1
+    cfg.train.print_freq = 20
+    cfg.train.seed = 1
+
+    cfg.sgd = CN()
+    cfg.sgd.momentum = 0.9
+    cfg.sgd.dampening = 0.0
+    cfg.sgd.nesterov = False
+    cfg.rmsprop = CN()
+    cfg.rmsprop.alpha = 0.99
+    cfg.adam = CN()
+    cfg.adam.beta1 = 0.9
+    cfg.adam.beta2 = 0.999
+
+    cfg.loss = CN()
+    cfg.loss.name = "softmax"
+    cfg.loss.softmax = CN()
+    cfg.loss.softmax.label_smooth = True
+    cfg.loss.triplet = CN()
+    cfg.loss.triplet.margin = 0.3
+    cfg.loss.triplet.weight_t = 1.0
+    cfg.loss.triplet.weight_x = 0.0
+
+    cfg.test = CN()
+    cfg.test.batch_size = 100
+    cfg.test.dist_metric = "euclidean"
+    cfg.test.normalize_feature = False
+    cfg.test.ranks = [1, 5, 10, 20]
+    cfg.test.evaluate = False
+    cfg.test.eval_freq = -1
+    cfg.test.start_eval = 0
+    cfg.test.rerank = False
+    cfg.test.visrank = False
+    cfg.test.visrank_topk = 10
+
+    cfg.dcac = _dcac_section()
+    return cfg
+
+
+def _dcac_section() -> CN:
+    dcac = CN()
+    # CLIP weights for the clip_vit_* models: an open_clip pretrained tag (``openai``)
+    # or a local file (OpenAI's ViT-B-16.pt, an open_clip checkpoint, or a state dict).
+    dcac.clip_weights = "openai"
+    # Resize interpolation of the Re-ID view; the reference uses bicubic.
+    dcac.resize_interpolation = "bicubic"
+    # Linear warm-up of train.lr_scheduler = warmup_multi_step (paper 5.2: 10 epochs from 0.1x).
+    dcac.warmup_epochs = 10
+    dcac.warmup_factor = 0.1
+    dcac.pcl = CN()
+    dcac.pcl.temperature = 0.01  # tau of eq. 6
+    dcac.pcl.momentum = 0.2  # gamma of eq. 7: share of the old prototype that is kept
+    dcac.pcl.weight = 1.0  # weight of L_pcl in eq. 8
+    return dcac
+
+
+def paper_recipe() -> dict:
+    """Section 5.2 of the paper and the reference implementation, as config overrides."""
+    return {
+        "model": {"name": "clip_vit_b16", "pretrained": True},
+        "data": {
+            "height": 256,
+            "width": 128,
+            "transforms": ["random_flip", "pad_crop", "random_erase"],
+            "norm_mean": [0.5, 0.5, 0.5],
+            "norm_std": [0.5, 0.5, 0.5],
+        },
+        "sampler": {"train_sampler": "RandomIdentitySampler", "num_instances": 4},
+        "train": {
+            "optim": "adam",
+            "lr": 5e-6,
+            "weight_decay": 1e-4,
+            "max_epoch": 60,
+            "batch_size": 64,
+            "lr_scheduler": "warmup_multi_step",
+            "stepsize": [30, 50],
+            "gamma": 0.1,
+        },
+        "loss": {"softmax": {"label_smooth": True}},
+    }
+
+
+# --------------------------------------------------------------------------- merging
+
+def _check_keys(overrides: Mapping[str, Any], reference: CN, where: str, valid: Sequence[str], prefix: str = "") -> None:
+    """Reject keys the defaults do not have, naming the nearest valid dotted key."""
+    for key, value in overrides.items():
+        full = f"{prefix}{key}"
+        if key not in reference:
+            hint = nearest_name(full, valid)
+            suggestion = f" Did you mean {hint!r}?" if hint else ""
+            raise ConfigError(
+                f"Unknown config key {full!r} in {where}.{suggestion} "
+                f"Run `dcac config` to list every key."
+            )
+        if isinstance(reference[key], CN):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"Config key {full!r} in {where} is a section; give it sub-keys, not {value!r}.")
+            _check_keys(value, reference[key], where, valid, prefix=f"{full}.")
+
+
+def _all_keys(cfg: CN, prefix: str = "") -> list:
+    keys = []
+    for key, value in cfg.items():
+        if isinstance(value, CN):
+            keys.extend(_all_keys(value, f"{prefix}{key}."))
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _nested(dotted: Sequence[str]) -> dict:
+    out: dict = {}
+    for key, value in zip(dotted[0::2], dotted[1::2]):
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _merge_dict(cfg: CN, overrides: Mapping[str, Any], where: str) -> None:
+    _check_keys(overrides, cfg, where, _all_keys(cfg))
+    try:
+        cfg.merge_from_other_cfg(CN(dict(overrides)))
+    except ValueError as err:  # yacs type mismatch
+        raise ConfigError(f"Bad value in {where}: {err}") from None
+
+
+def build_config(
+    config_file: Optional[str] = None,
+    opts: Sequence[str] = (),
+    sources: Optional[Iterable[str]] = None,
+    targets: Optional[Iterable[str]] = None,
+    root: Optional[str] = None,
+    transforms: Optional[Iterable[str]] = None,
+) -> CN:
+    """The launcher's config: defaults, [paper recipe], file, command-line flags, KEY VALUE pairs.
+
+    Flags and pairs are applied in upstream torchreid's order (``reset_config`` then
+    ``merge_from_list``). Unknown keys raise :class:`ConfigError` naming the nearest key.
+    """
+    if len(opts) % 2:
+        raise ConfigError(f"Command-line overrides come in KEY VALUE pairs; got an odd list: {list(opts)}")
+    file_overrides: dict = {}
+    if config_file:
+        try:
+            with open(config_file, encoding="utf-8") as handle:
+                file_overrides = yaml.safe_load(handle) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"Config file not found: {config_file}") from None
+        if not isinstance(file_overrides, dict):
+            raise ConfigError(f"Config file {config_file} must hold a YAML mapping of keys, not {type(file_overrides).__name__}.")
+    cli_overrides = _nested(list(opts))
+    cfg = get_default_config()
+    engine = str(cli_overrides.get("engine", file_overrides.get("engine", "")))
+    if engine in PAPER_ENGINES:
+        _merge_dict(cfg, paper_recipe(), "the paper recipe")
+    if file_overrides:
+        _merge_dict(cfg, file_overrides, config_file)
+    if root:
+        cfg.data.root = root
+    if sources:
+        cfg.data.sources = list(sources)
+    if targets:
+        cfg.data.targets = list(targets)
+    if transforms:
+        cfg.data.transforms = list(transforms)
+    if opts:
+        _check_keys(cli_overrides, cfg, "the command line", _all_keys(cfg))
+        try:
+            cfg.merge_from_list(list(opts))
+        except (ValueError, AssertionError) as err:
+            raise ConfigError(f"Bad value on the command line: {err}") from None
+    if not cfg.engine:
+        cfg.engine = cfg.loss.name
+    return cfg
+
+
+# ------------------------------------------------------------------- torchreid kwargs
+
+def device_kwargs(fn, use_gpu: bool) -> dict:
+    """torchreid 0.2.5 takes ``use_gpu=``; newer deep-person-reid takes ``device=``."""
+    params = inspect.signature(fn).parameters
+    if "device" in params and "use_gpu" not in params:
+        return {"device": "cuda" if use_gpu else "cpu"}
+    return {"use_gpu": use_gpu}
+
+
+def imagedata_kwargs(cfg: CN) -> dict:
+    return {
+        "root": cfg.data.root,
+        "sources": list(cfg.data.sources),
+        "targets": list(cfg.data.targets),
+        "height": cfg.data.height,
+        "width": cfg.data.width,
+        "transforms": list(cfg.data.transforms),
+        "k_tfm": cfg.data.k_tfm,
+        "norm_mean": list(cfg.data.norm_mean),
+        "norm_std": list(cfg.data.norm_std),
+        "split_id": cfg.data.split_id,
+        "combineall": cfg.data.combineall,
+        "load_train_targets": cfg.data.load_train_targets,
+        "batch_size_train": cfg.train.batch_size,
+        "batch_size_test": cfg.test.batch_size,
+        "workers": cfg.data.workers,
+        "num_instances": cfg.sampler.num_instances,
+        "num_cams": cfg.sampler.num_cams,
+        "num_datasets": cfg.sampler.num_datasets,
+        "train_sampler": cfg.sampler.train_sampler,
+        "train_sampler_t": cfg.sampler.train_sampler_t,
+        "cuhk03_labeled": cfg.cuhk03.labeled_images,
+        "cuhk03_classic_split": cfg.cuhk03.classic_split,
+        "market1501_500k": cfg.market1501.use_500k_distractors,
+    }
+
+
+def optimizer_kwargs(cfg: CN) -> dict:
+    return {
+        "optim": cfg.train.optim,
+        "lr": cfg.train.lr,
+        "weight_decay": cfg.train.weight_decay,
+        "momentum": cfg.sgd.momentum,
+        "sgd_dampening": cfg.sgd.dampening,
+        "sgd_nesterov": cfg.sgd.nesterov,
+        "rmsprop_alpha": cfg.rmsprop.alpha,
+        "adam_beta1": cfg.adam.beta1,
+        "adam_beta2": cfg.adam.beta2,
+        "staged_lr": cfg.train.staged_lr,
+        "new_layers": list(cfg.train.new_layers),
+        "base_lr_mult": cfg.train.base_lr_mult,
+    }
+
+
+def engine_run_kwargs(cfg: CN) -> dict:
+    return {
+        "save_dir": cfg.data.save_dir,
+        "max_epoch": cfg.train.max_epoch,
+        "start_epoch": cfg.train.start_epoch,
+        "fixbase_epoch": cfg.train.fixbase_epoch,
+        "open_layers": list(cfg.train.open_layers),
+        "start_eval": cfg.test.start_eval,
+        "eval_freq": cfg.test.eval_freq,
+        "test_only": cfg.test.evaluate,
+        "print_freq": cfg.train.print_freq,
+        "dist_metric": cfg.test.dist_metric,
+        "normalize_feature": cfg.test.normalize_feature,
+        "visrank": cfg.test.visrank,
+        "visrank_topk": cfg.test.visrank_topk,
+        "use_metric_cuhk03": cfg.cuhk03.use_metric_cuhk03,
+        "ranks": list(cfg.test.ranks),
+        "rerank": cfg.test.rerank,
+    }

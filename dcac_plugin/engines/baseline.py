@@ -1,0 +1,111 @@
+"""Engine ``baseline``: CLIP Re-ID model trained with L_id + L_pcl (DCAC paper, eq. 8)."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from torchreid import engine as reid_engine
+from torchreid import metrics as reid_metrics
+
+from ..config import device_kwargs
+from ..data.loaders import image_list_loader, train_items
+from ..registry import ENGINES, LOSSES
+from .common import RunRecordMixin
+
+
+def reid_loss(loss_id: torch.Tensor, loss_pcl: torch.Tensor, pcl_weight: float = 1.0) -> torch.Tensor:
+    """Eq. 8: L_ReID = L_id + L_pcl (``pcl_weight`` 1 in the paper)."""
+    return loss_id + pcl_weight * loss_pcl
+
+
+@ENGINES.register("baseline")
+class BaselineEngine(RunRecordMixin, reid_engine.Engine):
+    """ID loss (eq. 5, label smoothing 0.1) + prototypical contrastive loss (eq. 6-7).
+
+    The PCL memory is rebuilt from the whole training set at the start of every epoch,
+    and updated after every step with the hardest sample of each identity in the batch.
+    """
+
+    model_loss = "reid"
+
+    def __init__(self, datamanager, model: nn.Module, optimizer, scheduler=None, use_gpu: bool = True,
+                 label_smooth: bool = True, pcl_temperature: float = 0.01, pcl_momentum: float = 0.2,
+                 pcl_weight: float = 1.0, memory_batch_size: int = 100, memory_workers: int = 0) -> None:
+        super().__init__(datamanager, **device_kwargs(reid_engine.Engine.__init__, use_gpu))
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.register_model("model", model, optimizer, scheduler)
+        num_classes = datamanager.num_train_pids
+        self.criterion = LOSSES.get("cross_entropy")(num_classes=num_classes, use_gpu=self.use_gpu,
+                                                     label_smooth=label_smooth)
+        self.memory = LOSSES.get("pcl")(num_classes, model.feature_dim, pcl_temperature, pcl_momentum).to(self.device)
+        self.pcl_weight = pcl_weight
+        self.memory_batch_size = memory_batch_size
+        self.memory_workers = memory_workers
+
+    @classmethod
+    def from_config(cls, cfg, datamanager, model, optimizer, scheduler, use_gpu: bool, **extra):
+        return cls(datamanager, model, optimizer, scheduler, use_gpu=use_gpu,
+                   label_smooth=cfg.loss.softmax.label_smooth, pcl_temperature=cfg.dcac.pcl.temperature,
+                   pcl_momentum=cfg.dcac.pcl.momentum, pcl_weight=cfg.dcac.pcl.weight,
+                   memory_batch_size=cfg.test.batch_size, memory_workers=cfg.data.workers, **extra)
+
+    # ------------------------------------------------------------------ PCL memory
+
+    @torch.no_grad()
+    def extract_train_features(self) -> tuple:
+        """Eval-mode BN features (L2-normalised by the model) of every training image,
+        with the test transform, and their labels."""
+        loader = image_list_loader(train_items(self.datamanager), self.datamanager.transform_te,
+                                   self.memory_batch_size, self.memory_workers, pin_memory=self.use_gpu)
+        was_training = self.model.training
+        self.model.eval()
+        features, labels = [], []
+        for batch in tqdm(loader, desc="PCL memory", leave=False, dynamic_ncols=True):
+            features.append(self.model(batch["img"].to(self.device)))
+            labels.append(batch["pid"].to(self.device))
+        self.model.train(was_training)
+        return torch.cat(features), torch.cat(labels)
+
+    def rebuild_memory(self) -> None:
+        self.memory.initialize(*self.extract_train_features())
+
+    def train(self, *args, **kwargs):
+        self.rebuild_memory()
+        return super().train(*args, **kwargs)
+
+    # ------------------------------------------------------------------- one step
+
+    def compute_losses(self, output, pids: torch.Tensor, data: dict) -> Dict[str, torch.Tensor]:
+        """The loss terms of one batch; subclasses add theirs (the DCAC engine adds L_dif)."""
+        return {
+            "loss_id": self.criterion(output.logits, pids),
+            "loss_pcl": self.pcl_weight * self.memory.loss(output.f_bn, pids),
+        }
+
+    def forward_backward(self, data: dict) -> Dict[str, float]:
+        imgs, pids = self.parse_data_for_train(data)
+        imgs, pids = imgs.to(self.device), pids.to(self.device)
+        output = self.model(imgs)
+        terms = self.compute_losses(output, pids, data)
+        loss = sum(terms.values())
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        # Eq. 7 after the loss used the old memory.
+        self.memory.update(output.f_bn.detach(), pids)
+        summary = {name: float(value.detach()) for name, value in terms.items()}
+        summary["loss"] = float(loss.detach())
+        summary["acc"] = float(reid_metrics.accuracy(output.logits.detach(), pids)[0])
+        return summary
+
+    def extra_state(self) -> dict:
+        return {"pcl_memory": self.memory.prototypes.detach().cpu().clone()}
+
+    def load_extra_state(self, state: dict) -> None:
+        if "pcl_memory" in state:
+            self.memory.prototypes.copy_(state["pcl_memory"])

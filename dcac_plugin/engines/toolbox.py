@@ -1,0 +1,35 @@
+"""torchreid's own engines (softmax, triplet), registered so that configs can name them."""
+from __future__ import annotations
+
+from torchreid import engine as reid_engine
+
+from ..config import device_kwargs
+from ..registry import ENGINES
+from .common import RunRecordMixin
+
+
+@ENGINES.register("softmax")
+class SoftmaxEngine(RunRecordMixin, reid_engine.ImageSoftmaxEngine):
+    """torchreid's ImageSoftmaxEngine: ID loss (label-smoothed cross-entropy)."""
+
+    model_loss = "softmax"
+
+    @classmethod
+    def from_config(cls, cfg, datamanager, model, optimizer, scheduler, use_gpu: bool):
+        return cls(datamanager, model, optimizer=optimizer, scheduler=scheduler,
+                   label_smooth=cfg.loss.softmax.label_smooth,
+                   **device_kwargs(reid_engine.ImageSoftmaxEngine.__init__, use_gpu))
+
+
+@ENGINES.register("triplet")
+class TripletEngine(RunRecordMixin, reid_engine.ImageTripletEngine):
+    """torchreid's ImageTripletEngine: hard-mined triplet loss (+ weighted ID loss)."""
+
+    model_loss = "triplet"
+
+    @classmethod
+    def from_config(cls, cfg, datamanager, model, optimizer, scheduler, use_gpu: bool):
+        return cls(datamanager, model, optimizer=optimizer, scheduler=scheduler,
+                   margin=cfg.loss.triplet.margin, weight_t=cfg.loss.triplet.weight_t,
+                   weight_x=cfg.loss.triplet.weight_x, label_smooth=cfg.loss.softmax.label_smooth,
+                   **device_kwargs(reid_engine.ImageTripletEngine.__init__, use_gpu))

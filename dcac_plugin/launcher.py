@@ -1,0 +1,132 @@
+"""Build everything a config names and run it: the code behind ``dcac train`` and scripts/main.py."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import os.path as osp
+import sys
+import time
+from typing import Any, Dict
+
+import torch
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from torchreid import data as reid_data
+from torchreid import models as reid_models
+from torchreid import utils as reid_utils
+
+from .checkpoint import load_checkpoint, load_model_weights, model_state_dict
+from .config import ConfigError, device_kwargs, engine_run_kwargs, imagedata_kwargs
+from .data.transforms import build_reid_transforms, install_transforms
+from .models import CLIP_MODELS, ClipReID
+from .optim import build_optimizer, build_scheduler
+from .registration import image_dataset_table, model_factory
+from .registry import ENGINES, nearest_name
+
+
+def _unknown(kind: str, name: str, valid) -> ConfigError:
+    hint = nearest_name(name, valid)
+    return ConfigError(f"Unknown {kind} {name!r}." + (f" Did you mean {hint!r}?" if hint else "")
+                       + f" Valid: {', '.join(sorted(valid))}")
+
+
+def check_config(cfg: CN) -> None:
+    """Names that torchreid would only reject deep inside a run, checked up front."""
+    if cfg.engine not in ENGINES:
+        raise _unknown("engine (config key `engine`)", cfg.engine, ENGINES.names())
+    if cfg.model.name not in model_factory():
+        raise _unknown("model (config key `model.name`)", cfg.model.name, model_factory())
+    datasets = image_dataset_table()
+    for key in ("sources", "targets"):
+        for name in cfg.data[key]:
+            if name not in datasets:
+                raise _unknown(f"dataset in data.{key}", name, datasets)
+    if cfg.data.type != "image":
+        raise ConfigError("Only data.type 'image' is supported by dcac-reid's launcher.")
+    engine_cls = ENGINES.get(cfg.engine)
+    if engine_cls.model_loss == "reid" and cfg.model.name not in CLIP_MODELS:
+        raise ConfigError(f"engine {cfg.engine!r} needs a CLIP Re-ID model (BNNeck feature); "
+                          f"set model.name to one of {sorted(CLIP_MODELS)}.")
+
+
+def build_datamanager(cfg: CN, use_gpu: bool):
+    """torchreid's ImageDataManager, then our Re-ID transforms installed in its loaders."""
+    manager = reid_data.ImageDataManager(**imagedata_kwargs(cfg),
+                                         **device_kwargs(reid_data.ImageDataManager.__init__, use_gpu))
+    train_tf, test_tf = build_reid_transforms(cfg.data.height, cfg.data.width, cfg.data.transforms,
+                                              cfg.data.norm_mean, cfg.data.norm_std,
+                                              interpolation=cfg.dcac.resize_interpolation)
+    install_transforms(manager, train_tf, test_tf)
+    return manager
+
+
+def build_model(cfg: CN, num_classes: int, model_loss: str, use_gpu: bool) -> nn.Module:
+    """A model from torchreid's factory; ours also get the input size and CLIP weight source."""
+    name = cfg.model.name
+    if name in CLIP_MODELS:
+        return model_factory()[name](num_classes=num_classes, loss=model_loss, pretrained=cfg.model.pretrained,
+                                     weights=cfg.dcac.clip_weights, img_size=(cfg.data.height, cfg.data.width))
+    return reid_models.build_model(name=name, num_classes=num_classes, loss=model_loss,
+                                   pretrained=cfg.model.pretrained,
+                                   **device_kwargs(reid_models.build_model, use_gpu))
+
+
+def resume(path: str, model: nn.Module, optimizer, scheduler, engine) -> int:
+    """Restore a checkpoint written by our engines; returns the epoch to start from."""
+    state = load_checkpoint(path)
+    model.load_state_dict(model_state_dict(state))
+    if state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    engine.load_extra_state(state.get("engine_state") or {})
+    print(f"Resumed from {path} at epoch {state['epoch']}")
+    return int(state["epoch"])
+
+
+@contextlib.contextmanager
+def tee_stdout(path: str):
+    """Copy stdout into ``path`` (torchreid's Logger) for the duration of a run."""
+    previous = sys.stdout
+    logger = reid_utils.Logger(path)
+    sys.stdout = logger
+    try:
+        yield
+    finally:
+        sys.stdout = previous
+        logger.close()
+
+
+def run(cfg: CN) -> Dict[str, Any]:
+    """Train and/or evaluate as ``cfg`` says; returns and writes ``results.json`` in the save dir."""
+    check_config(cfg)
+    use_gpu = bool(cfg.use_gpu) and torch.cuda.is_available()
+    os.makedirs(cfg.data.save_dir, exist_ok=True)
+    log_name = ("test.log" if cfg.test.evaluate else "train.log") + time.strftime("-%Y-%m-%d-%H-%M-%S")
+    with tee_stdout(osp.join(cfg.data.save_dir, log_name)):
+        print(f"Show configuration\n{cfg}\n")
+        reid_utils.set_random_seed(cfg.train.seed)
+        engine_cls = ENGINES.get(cfg.engine)
+        datamanager = build_datamanager(cfg, use_gpu)
+        print(f"Building model: {cfg.model.name}")
+        model = build_model(cfg, datamanager.num_train_pids, engine_cls.model_loss, use_gpu)
+        if cfg.model.load_weights:
+            skipped = load_model_weights(model, cfg.model.load_weights)
+            print(f"Loaded weights from {cfg.model.load_weights}" + (f" (skipped {skipped})" if skipped else ""))
+        if use_gpu:
+            model = model.cuda()
+        optimizer = build_optimizer(cfg, model)
+        scheduler = build_scheduler(cfg, optimizer)
+        print(f"Building {cfg.engine}-engine")
+        engine = engine_cls.from_config(cfg, datamanager, model, optimizer, scheduler, use_gpu)
+        run_kwargs = engine_run_kwargs(cfg)
+        if cfg.model.resume:
+            run_kwargs["start_epoch"] = resume(cfg.model.resume, model, optimizer, scheduler, engine)
+        engine.run(**run_kwargs)
+        summary = {"engine": cfg.engine, "model": cfg.model.name, "sources": list(cfg.data.sources),
+                   "targets": list(cfg.data.targets), "save_dir": cfg.data.save_dir, "results": engine.results}
+    with open(osp.join(cfg.data.save_dir, "results.json"), "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2)
+    return summary

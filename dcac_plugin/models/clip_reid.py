@@ -1,0 +1,238 @@
+"""CLIP ViT Re-ID model (DCAC paper, section 4.1).
+
+``backbone`` is open_clip's VisionTransformer, so its state-dict keys are OpenAI CLIP's
+visual keys (conv1, class_embedding, positional_embedding, ln_pre, transformer.*,
+ln_post, proj). On top: a BNNeck and a bias-free linear ID classifier.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import open_clip
+from open_clip.model import _build_vision_tower
+
+ImageSize = Tuple[int, int]
+
+# The tiny architecture exists for tests and the CPU demo; it is built by the same code.
+_TINY_CFG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+}
+
+
+class ClipWeightsError(RuntimeError):
+    """CLIP weights could not be read; the message says what to download and where to point."""
+
+
+class ReIDOutput(NamedTuple):
+    """Train-mode output for the DCAC engines: classifier logits, feature z, BN feature."""
+
+    logits: torch.Tensor
+    z: torch.Tensor
+    f_bn: torch.Tensor
+
+
+def clip_architecture(arch: str) -> dict:
+    """``{'embed_dim', 'vision_cfg'}`` of a CLIP architecture (an open_clip name or ``tiny``)."""
+    if arch == "tiny":
+        return {"embed_dim": _TINY_CFG["embed_dim"], "vision_cfg": dict(_TINY_CFG["vision_cfg"])}
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        raise ValueError(f"Unknown open_clip architecture {arch!r}; see open_clip.list_models().")
+    return {"embed_dim": cfg["embed_dim"], "vision_cfg": dict(cfg["vision_cfg"])}
+
+
+def build_clip_visual(arch: str, image_size: Optional[ImageSize] = None) -> nn.Module:
+    """A randomly initialised CLIP image tower, at ``image_size`` (H, W) if given.
+
+    QuickGELU is forced: OpenAI's weights were trained with it, and a GELU tower filled
+    with them drifts silently (about 1 % relative on the features).
+    """
+    spec = clip_architecture(arch)
+    vision_cfg = spec["vision_cfg"]
+    if image_size is not None:
+        vision_cfg["image_size"] = tuple(image_size)
+    return _build_vision_tower(spec["embed_dim"], vision_cfg, quick_gelu=True)
+
+
+def interpolate_positional_embedding(pos_embed: torch.Tensor, new_grid: Sequence[int]) -> torch.Tensor:
+    """Resize a ViT positional embedding [1 + Gh*Gw, C] to a new patch grid.
+
+    The CLS position (row 0) is kept as is; the patch positions are treated as a square
+    image of channels and resized bilinearly (as the reference does for 14x14 -> 16x8).
+    """
+    cls_pos, patch_pos = pos_embed[:1], pos_embed[1:]
+    old_side = int(round(patch_pos.shape[0] ** 0.5))
+    if old_side * old_side != patch_pos.shape[0]:
+        raise ValueError(f"Positional embedding with {patch_pos.shape[0]} patch positions is not a square grid.")
+    new_grid = tuple(int(g) for g in new_grid)
+    if (old_side, old_side) == new_grid:
+        return pos_embed.clone()
+    grid = patch_pos.reshape(1, old_side, old_side, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=new_grid, mode="bilinear", align_corners=False)
+    patch_pos = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos_embed.dtype)
+    return torch.cat([cls_pos, patch_pos], dim=0)
+
+
+def _is_torchscript_archive(path: str) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def _read_state_dict_file(path: str) -> dict:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    if _is_torchscript_archive(path):
+        # OpenAI's released ViT-B-16.pt is a TorchScript archive, not a pickle.
+        return torch.jit.load(path, map_location="cpu").state_dict()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling refused or corrupt file
+        raise ClipWeightsError(f"Cannot read CLIP weights from {path}: {err}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return state
+
+
+def visual_state_dict(state: dict) -> dict:
+    """The image-tower entries of a CLIP state dict, with OpenAI's visual key names.
+
+    Accepts a full CLIP state dict (``visual.*``), one saved from DataParallel
+    (``module.visual.*``), or an image tower alone.
+    """
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    if any(k.startswith("visual.") for k in state):
+        return {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+    return dict(state)
+
+
+def read_clip_visual_weights(source: str, arch: str = "ViT-B-16", cache_dir: Optional[str] = None) -> dict:
+    """The CLIP image-tower state dict from a local file or an open_clip pretrained tag."""
+    if os.path.isfile(source):
+        return visual_state_dict(_read_state_dict_file(source))
+    if arch == "tiny":
+        raise ClipWeightsError(
+            f"The tiny CLIP architecture has no published weights; {source!r} is not a file. "
+            "Set dcac.clip_weights to a local state dict, or model.pretrained False."
+        )
+    try:
+        clip = open_clip.create_model(arch, pretrained=source, force_quick_gelu=True, cache_dir=cache_dir)
+    except Exception as err:
+        raise ClipWeightsError(
+            f"Could not load CLIP {arch} weights {source!r} ({type(err).__name__}: {err}). "
+            f"Offline? Download OpenAI's {arch}.pt (or open_clip's checkpoint for tag {source!r}) on a "
+            "machine with internet, then set `dcac.clip_weights /path/to/file` in the config or on the "
+            "command line; or set model.pretrained False for a random initialisation."
+        ) from None
+    return clip.visual.state_dict()
+
+
+def load_clip_visual_weights(visual: nn.Module, state: dict) -> None:
+    """Load an image-tower state dict into ``visual``, resizing the positional embedding."""
+    state = dict(state)
+    if "positional_embedding" in state:
+        state["positional_embedding"] = interpolate_positional_embedding(
+            state["positional_embedding"], visual.grid_size
+        )
+    missing, unexpected = visual.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ClipWeightsError(
+            f"CLIP weights do not match the {type(visual).__name__} architecture: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}."
+        )
+
+
+def freeze_as_buffer(module: nn.Module, name: str) -> None:
+    """Turn parameter ``name`` of ``module`` into a buffer with the same state-dict key.
+
+    torchreid's engine calls ``open_all_layers`` every epoch, which sets
+    ``requires_grad=True`` on every parameter; a buffer stays frozen whatever any
+    engine does, and checkpoints keep their keys.
+    """
+    value = getattr(module, name).detach().clone()
+    delattr(module, name)
+    module.register_buffer(name, value)
+
+
+class BNNeck(nn.BatchNorm1d):
+    """BatchNorm1d whose bias is fixed at 0 (BNNeck, Luo et al. 2019): weight 1, bias 0 at start."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features)
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+        freeze_as_buffer(self, "bias")
+
+
+class ClipReID(nn.Module):
+    """CLIP image encoder + BNNeck + ID classifier.
+
+    Train mode returns what the engine asks for through ``loss``: ``softmax`` -> logits
+    (torchreid's softmax engine), ``triplet`` -> (logits, z) (torchreid's triplet engine),
+    anything else -> :class:`ReIDOutput`. Eval mode returns the L2-normalised BN feature.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, loss: str = "softmax") -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.loss = loss
+        self.feature_dim = int(backbone.proj.shape[1]) if backbone.proj is not None else backbone.transformer.width
+        # Only the patch projection is frozen (paper 5.2: "for stability").
+        freeze_as_buffer(self.backbone.conv1, "weight")
+        self.bnneck = BNNeck(self.feature_dim)
+        self.classifier = nn.Linear(self.feature_dim, num_classes, bias=False)
+        nn.init.normal_(self.classifier.weight, std=0.001)
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, tuple, ReIDOutput]:
+        z = self.backbone(x)
+        f_bn = self.bnneck(z)
+        if not self.training:
+            return F.normalize(f_bn, dim=1)
+        logits = self.classifier(f_bn)
+        if self.loss == "softmax":
+            return logits
+        if self.loss == "triplet":
+            return logits, z
+        return ReIDOutput(logits, z, f_bn)
+
+
+def build_clip_reid(
+    arch: str,
+    num_classes: int,
+    loss: str = "softmax",
+    pretrained: Union[bool, str] = True,
+    weights: str = "openai",
+    img_size: ImageSize = (256, 128),
+) -> ClipReID:
+    """Build the Re-ID model; ``pretrained`` True loads ``weights`` (tag or file), a str is a file."""
+    visual = build_clip_visual(arch, img_size)
+    if isinstance(pretrained, str) and pretrained:
+        weights, pretrained = pretrained, True
+    if pretrained:
+        load_clip_visual_weights(visual, read_clip_visual_weights(weights, arch))
+    return ClipReID(visual, num_classes, loss)
+
+
+def clip_vit_b16(num_classes: int, loss: str = "softmax", pretrained: Union[bool, str] = True,
+                 weights: str = "openai", img_size: ImageSize = (256, 128), **kwargs) -> ClipReID:
+    """CLIP ViT-B/16 Re-ID model (torchreid factory entry; ``use_gpu``/``device`` are ignored)."""
+    return build_clip_reid("ViT-B-16", num_classes, loss, pretrained, weights, img_size)
+
+
+def clip_vit_tiny(num_classes: int, loss: str = "softmax", pretrained: Union[bool, str] = False,
+                  weights: str = "", img_size: ImageSize = (128, 64), **kwargs) -> ClipReID:
+    """A 2-layer, 64-wide CLIP ViT/16 for tests and the CPU demo; weights only from a local file."""
+    return build_clip_reid("tiny", num_classes, loss, pretrained, weights, img_size)
+
+
+CLIP_MODELS = {"clip_vit_b16": clip_vit_b16, "clip_vit_tiny": clip_vit_tiny}

@@ -1,0 +1,29 @@
+"""Registration of our models and datasets into torchreid's own tables (idempotent)."""
+from __future__ import annotations
+
+from torchreid import data as reid_data
+from torchreid import models as reid_models
+
+from .data.synthetic import SYNTHETIC_DATASETS
+from .models import CLIP_MODELS
+
+
+def model_factory() -> dict:
+    """torchreid's module-level ``__model_factory`` (reached with getattr: the name is private)."""
+    return getattr(reid_models, "__model_factory")
+
+
+def image_dataset_table() -> dict:
+    return getattr(reid_data.datasets, "__image_datasets")
+
+
+def register_all() -> None:
+    """Add our models to torchreid's model factory and our datasets to its dataset table."""
+    factory = model_factory()
+    for name, builder in CLIP_MODELS.items():
+        factory[name] = builder
+    datasets = image_dataset_table()
+    for name, cls in SYNTHETIC_DATASETS.items():
+        if datasets.get(name) is not cls:
+            datasets.pop(name, None)
+            reid_data.register_image_dataset(name, cls)
