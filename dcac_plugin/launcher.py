@@ -86,17 +86,40 @@ def resume(path: str, model: nn.Module, optimizer, scheduler, engine) -> int:
     return int(state["epoch"])
 
 
+class _Tee:
+    """Writes to the console and a log file.
+
+    torchreid's ``utils.Logger`` closes the real stdout when it is closed or garbage
+    collected, which breaks every print after the first run in one process (``dcac demo``).
+    """
+
+    def __init__(self, console, path: str) -> None:
+        os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+        self.console, self.file = console, open(path, "a", encoding="utf-8")
+
+    def write(self, text: str) -> None:
+        self.console.write(text)
+        self.file.write(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+        self.file.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
 @contextlib.contextmanager
 def tee_stdout(path: str):
-    """Copy stdout into ``path`` (torchreid's Logger) for the duration of a run."""
+    """Copy stdout into ``path`` for the duration of a run."""
     previous = sys.stdout
-    logger = reid_utils.Logger(path)
-    sys.stdout = logger
+    tee = _Tee(previous, path)
+    sys.stdout = tee
     try:
         yield
     finally:
         sys.stdout = previous
-        logger.close()
+        tee.file.close()
 
 
 def run(cfg: CN) -> Dict[str, Any]:
