@@ -86,3 +86,41 @@ def load_model_weights(model: nn.Module, path: str, skip_mismatched: Optional[tu
         )
     model.load_state_dict(weights, strict=False)
     return skipped
+
+
+ENCODER_PREFIXES = ("backbone.", "bnneck.")
+
+
+def export_encoder(model: nn.Module, path: str) -> str:
+    """The test-time encoder alone (backbone + BNNeck, no classifier), as safetensors.
+
+    Written atomically; safetensors stores tensors only, so loading it runs no code.
+    """
+    from safetensors.torch import save_file
+
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
+    if not weights:
+        raise CheckpointError(f"{type(model).__name__} has no backbone/bnneck weights to export.")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    os.close(fd)
+    try:
+        save_file(weights, tmp, metadata={"format": "pt", "content": "dcac-reid encoder"})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_encoder(model: nn.Module, path: str) -> None:
+    """Fill ``model``'s backbone and BNNeck from :func:`export_encoder`'s file (strictly)."""
+    from safetensors.torch import load_file
+
+    weights = load_file(path)
+    own = {k for k in model.state_dict() if k.startswith(ENCODER_PREFIXES)}
+    if set(weights) != own:
+        raise CheckpointError(f"Encoder file {path} does not fit {type(model).__name__}: missing "
+                              f"{sorted(own - set(weights))[:5]}, unexpected {sorted(set(weights) - own)[:5]}.")
+    model.load_state_dict(weights, strict=False)

@@ -7,7 +7,7 @@ import os.path as osp
 import sys
 from typing import List, Optional, Sequence
 
-DEMO_ENGINES = ("softmax", "baseline")
+DEMO_ENGINES = ("softmax", "baseline", "dcac")
 CONFIG_DIR = osp.join(osp.dirname(osp.abspath(__file__)), "configs")
 
 
@@ -57,6 +57,17 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    import json
+
+    from .stats import parameter_stats
+
+    # Always the DCAC model: a config for another engine still describes its data and options.
+    args.opts = ["engine", "dcac"] + list(args.opts or [])
+    print(json.dumps(parameter_stats(config_from_args(args), args.num_classes), indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .config import build_config
     from .launcher import run
@@ -90,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print the merged config (defaults, file, overrides)")
     add_launcher_arguments(config)
     config.set_defaults(func=cmd_config)
+
+    stats = sub.add_parser("stats", help="parameter counts per component (real-size architectures, no downloads)")
+    add_launcher_arguments(stats)
+    stats.add_argument("--num-classes", type=int, default=None,
+                       help="training identities (default: the standard datasets' counts for data.sources)")
+    stats.set_defaults(func=cmd_stats)
 
     demo = sub.add_parser("demo", help="the embedded synthetic demo: train on synthetic_a, test on synthetic_b, "
                                        "with tiny random-init models on CPU",

@@ -139,6 +139,22 @@ def _dcac_section() -> CN:
     dcac.pcl.temperature = 0.01  # tau of eq. 6
     dcac.pcl.momentum = 0.2  # gamma of eq. 7: share of the old prototype that is kept
     dcac.pcl.weight = 1.0  # weight of L_pcl in eq. 8
+    # Engine dcac: the diffusion branch (paper 4.2-4.4).
+    dcac.lambda_dif = 1.0  # lambda of eq. 13
+    dcac.finetune = "lora"  # frozen | lora | partial1 | partial2 | full | scratch (Table 5)
+    dcac.lora = CN()
+    dcac.lora.rank = 8  # r of eq. 9: 8 for Market1501/DukeMTMC-reID/CUHK03-NP, 32 for MSMT17 and multi-source
+    dcac.lora.alpha = 1.0  # scale alpha / r = 1 / r, as in eq. 9
+    dcac.diffusion = CN()
+    # A Hugging Face repo id, a local diffusers folder, an original single-file checkpoint
+    # (v1-5-pruned.safetensors / .ckpt), or ``tiny`` (a random tiny model for tests and the demo).
+    dcac.diffusion.pretrained = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    dcac.diffusion.image_size = 128  # the diffusion view is image_size x image_size
+    dcac.condition = CN()
+    dcac.condition.mode = "correlation"  # correlation (eq. 12) | class | instance (Table 7)
+    dcac.condition.transform = "none"  # none | silu | bn | mlp (Table 10)
+    # tau_c of eq. 12: 0.1 for CUHK03-NP, 0.6 for Market1501 / DukeMTMC-reID, 1.0 for MSMT17 and multi-source.
+    dcac.condition.temperature = 1.0
     return dcac
 
 

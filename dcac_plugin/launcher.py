@@ -17,9 +17,10 @@ from torchreid import data as reid_data
 from torchreid import models as reid_models
 from torchreid import utils as reid_utils
 
-from .checkpoint import load_checkpoint, load_model_weights, model_state_dict
+from .checkpoint import export_encoder, load_checkpoint, load_model_weights, model_state_dict
 from .config import ConfigError, device_kwargs, engine_run_kwargs, imagedata_kwargs
 from .data.transforms import build_reid_transforms, install_transforms
+from .data.views import TwoViewTransform, diffusion_view_transform
 from .models import CLIP_MODELS, ClipReID
 from .optim import build_optimizer, build_scheduler
 from .registration import image_dataset_table, model_factory
@@ -51,13 +52,16 @@ def check_config(cfg: CN) -> None:
                           f"set model.name to one of {sorted(CLIP_MODELS)}.")
 
 
-def build_datamanager(cfg: CN, use_gpu: bool):
-    """torchreid's ImageDataManager, then our Re-ID transforms installed in its loaders."""
+def build_datamanager(cfg: CN, use_gpu: bool, diffusion_view: bool = False):
+    """torchreid's ImageDataManager, then our transforms installed in its loaders (with
+    ``diffusion_view``, training batches carry the pair (Re-ID view, diffusion view))."""
     manager = reid_data.ImageDataManager(**imagedata_kwargs(cfg),
                                          **device_kwargs(reid_data.ImageDataManager.__init__, use_gpu))
     train_tf, test_tf = build_reid_transforms(cfg.data.height, cfg.data.width, cfg.data.transforms,
                                               cfg.data.norm_mean, cfg.data.norm_std,
                                               interpolation=cfg.dcac.resize_interpolation)
+    if diffusion_view:
+        train_tf = TwoViewTransform(train_tf, diffusion_view_transform(cfg.dcac.diffusion.image_size))
     install_transforms(manager, train_tf, test_tf)
     return manager
 
@@ -132,7 +136,7 @@ def run(cfg: CN) -> Dict[str, Any]:
         print(f"Show configuration\n{cfg}\n")
         reid_utils.set_random_seed(cfg.train.seed)
         engine_cls = ENGINES.get(cfg.engine)
-        datamanager = build_datamanager(cfg, use_gpu)
+        datamanager = build_datamanager(cfg, use_gpu, getattr(engine_cls, "diffusion_view", False))
         print(f"Building model: {cfg.model.name}")
         model = build_model(cfg, datamanager.num_train_pids, engine_cls.model_loss, use_gpu)
         if cfg.model.load_weights:
@@ -140,14 +144,24 @@ def run(cfg: CN) -> Dict[str, Any]:
             print(f"Loaded weights from {cfg.model.load_weights}" + (f" (skipped {skipped})" if skipped else ""))
         if use_gpu:
             model = model.cuda()
-        optimizer = build_optimizer(cfg, model)
+        # Modules trained beside the Re-ID model (dcac: prompts, adapters); not needed to evaluate.
+        auxiliary = None
+        if hasattr(engine_cls, "build_auxiliary") and not cfg.test.evaluate:
+            auxiliary = engine_cls.build_auxiliary(cfg, model, datamanager.num_train_pids)
+            if use_gpu:
+                auxiliary = auxiliary.cuda()
+        trained = nn.ModuleDict({"model": model, "auxiliary": auxiliary}) if auxiliary is not None else model
+        optimizer = build_optimizer(cfg, trained)
         scheduler = build_scheduler(cfg, optimizer)
         print(f"Building {cfg.engine}-engine")
-        engine = engine_cls.from_config(cfg, datamanager, model, optimizer, scheduler, use_gpu)
+        extra = {"auxiliary": auxiliary} if hasattr(engine_cls, "build_auxiliary") else {}
+        engine = engine_cls.from_config(cfg, datamanager, model, optimizer, scheduler, use_gpu, **extra)
         run_kwargs = engine_run_kwargs(cfg)
         if cfg.model.resume:
             run_kwargs["start_epoch"] = resume(cfg.model.resume, model, optimizer, scheduler, engine)
         engine.run(**run_kwargs)
+        if isinstance(model, ClipReID) and not cfg.test.evaluate:
+            print(f"Test-time encoder exported to {export_encoder(model, osp.join(cfg.data.save_dir, 'encoder.safetensors'))}")
         summary = {"engine": cfg.engine, "model": cfg.model.name, "sources": list(cfg.data.sources),
                    "targets": list(cfg.data.targets), "save_dir": cfg.data.save_dir, "results": engine.results}
     with open(osp.join(cfg.data.save_dir, "results.json"), "w", encoding="utf-8") as handle:

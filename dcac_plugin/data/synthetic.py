@@ -821,6 +821,11 @@ class SyntheticMarket1501(reid_data.datasets.image.Market1501):
             warnings.filterwarnings("ignore", message="The current data structure is deprecated")
             super().__init__(root=root, **kwargs)
 
+    def process_dir(self, dir_path: str, relabel: bool = False) -> list:
+        # Market1501 keeps glob's order, which depends on the file system; the sampler's
+        # batches follow that order, so sorting makes a seeded demo run reproducible.
+        return sorted(super().process_dir(dir_path, relabel=relabel))
+
 
 class SyntheticA(SyntheticMarket1501):
     """Synthetic domain A: vivid clothing, plain indoor scenes, sharp images."""

@@ -81,18 +81,18 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
     # ------------------------------------------------------------------- one step
 
     def compute_losses(self, output, pids: torch.Tensor, data: dict) -> Dict[str, torch.Tensor]:
-        """The loss terms of one batch; subclasses add theirs (the DCAC engine adds L_dif)."""
-        return {
-            "loss_id": self.criterion(output.logits, pids),
-            "loss_pcl": self.pcl_weight * self.memory.loss(output.f_bn, pids),
-        }
+        """The unweighted loss terms of one batch; subclasses add theirs (dcac adds L_dif)."""
+        return {"loss_id": self.criterion(output.logits, pids), "loss_pcl": self.memory.loss(output.f_bn, pids)}
+
+    def combine_losses(self, terms: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return reid_loss(terms["loss_id"], terms["loss_pcl"], self.pcl_weight)
 
     def forward_backward(self, data: dict) -> Dict[str, float]:
         imgs, pids = self.parse_data_for_train(data)
         imgs, pids = imgs.to(self.device), pids.to(self.device)
         output = self.model(imgs)
         terms = self.compute_losses(output, pids, data)
-        loss = sum(terms.values())
+        loss = self.combine_losses(terms)
         self.optimizer.zero_grad()
         loss.backward()
         self.optimizer.step()
