@@ -7,7 +7,7 @@ import os
 import os.path as osp
 import sys
 import time
-from typing import Any, Dict
+from typing import Any, Dict, NamedTuple
 
 import torch
 from torch import nn
@@ -126,44 +126,63 @@ def tee_stdout(path: str):
         tee.file.close()
 
 
+class PreparedRun(NamedTuple):
+    """Everything a config builds, ready for ``engine.run(**run_kwargs)``."""
+
+    engine: Any
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    run_kwargs: Dict[str, Any]
+
+
+def prepare(cfg: CN) -> PreparedRun:
+    """Build data, model, optimizer, scheduler and engine from ``cfg``; resume if it says so."""
+    check_config(cfg)
+    use_gpu = bool(cfg.use_gpu) and torch.cuda.is_available()
+    reid_utils.set_random_seed(cfg.train.seed)
+    engine_cls = ENGINES.get(cfg.engine)
+    datamanager = build_datamanager(cfg, use_gpu, getattr(engine_cls, "diffusion_view", False))
+    print(f"Building model: {cfg.model.name}")
+    model = build_model(cfg, datamanager.num_train_pids, engine_cls.model_loss, use_gpu)
+    if cfg.model.load_weights:
+        skipped = load_model_weights(model, cfg.model.load_weights)
+        print(f"Loaded weights from {cfg.model.load_weights}" + (f" (skipped {skipped})" if skipped else ""))
+    if use_gpu:
+        model = model.cuda()
+    # Modules trained beside the Re-ID model (dcac: prompts, adapters); not needed to evaluate.
+    auxiliary = None
+    if hasattr(engine_cls, "build_auxiliary") and not cfg.test.evaluate:
+        auxiliary = engine_cls.build_auxiliary(cfg, model, datamanager.num_train_pids)
+        if use_gpu:
+            auxiliary = auxiliary.cuda()
+    trained = nn.ModuleDict({"model": model, "auxiliary": auxiliary}) if auxiliary is not None else model
+    optimizer = build_optimizer(cfg, trained)
+    scheduler = build_scheduler(cfg, optimizer)
+    print(f"Building {cfg.engine}-engine")
+    extra = {"auxiliary": auxiliary} if hasattr(engine_cls, "build_auxiliary") else {}
+    engine = engine_cls.from_config(cfg, datamanager, model, optimizer, scheduler, use_gpu, **extra)
+    run_kwargs = engine_run_kwargs(cfg)
+    if cfg.model.resume:
+        run_kwargs["start_epoch"] = resume(cfg.model.resume, model, optimizer, scheduler, engine)
+    return PreparedRun(engine, model, optimizer, scheduler, run_kwargs)
+
+
 def run(cfg: CN) -> Dict[str, Any]:
     """Train and/or evaluate as ``cfg`` says; returns and writes ``results.json`` in the save dir."""
     check_config(cfg)
-    use_gpu = bool(cfg.use_gpu) and torch.cuda.is_available()
     os.makedirs(cfg.data.save_dir, exist_ok=True)
     log_name = ("test.log" if cfg.test.evaluate else "train.log") + time.strftime("-%Y-%m-%d-%H-%M-%S")
     with tee_stdout(osp.join(cfg.data.save_dir, log_name)):
         print(f"Show configuration\n{cfg}\n")
-        reid_utils.set_random_seed(cfg.train.seed)
-        engine_cls = ENGINES.get(cfg.engine)
-        datamanager = build_datamanager(cfg, use_gpu, getattr(engine_cls, "diffusion_view", False))
-        print(f"Building model: {cfg.model.name}")
-        model = build_model(cfg, datamanager.num_train_pids, engine_cls.model_loss, use_gpu)
-        if cfg.model.load_weights:
-            skipped = load_model_weights(model, cfg.model.load_weights)
-            print(f"Loaded weights from {cfg.model.load_weights}" + (f" (skipped {skipped})" if skipped else ""))
-        if use_gpu:
-            model = model.cuda()
-        # Modules trained beside the Re-ID model (dcac: prompts, adapters); not needed to evaluate.
-        auxiliary = None
-        if hasattr(engine_cls, "build_auxiliary") and not cfg.test.evaluate:
-            auxiliary = engine_cls.build_auxiliary(cfg, model, datamanager.num_train_pids)
-            if use_gpu:
-                auxiliary = auxiliary.cuda()
-        trained = nn.ModuleDict({"model": model, "auxiliary": auxiliary}) if auxiliary is not None else model
-        optimizer = build_optimizer(cfg, trained)
-        scheduler = build_scheduler(cfg, optimizer)
-        print(f"Building {cfg.engine}-engine")
-        extra = {"auxiliary": auxiliary} if hasattr(engine_cls, "build_auxiliary") else {}
-        engine = engine_cls.from_config(cfg, datamanager, model, optimizer, scheduler, use_gpu, **extra)
-        run_kwargs = engine_run_kwargs(cfg)
-        if cfg.model.resume:
-            run_kwargs["start_epoch"] = resume(cfg.model.resume, model, optimizer, scheduler, engine)
-        engine.run(**run_kwargs)
-        if isinstance(model, ClipReID) and not cfg.test.evaluate:
-            print(f"Test-time encoder exported to {export_encoder(model, osp.join(cfg.data.save_dir, 'encoder.safetensors'))}")
+        prepared = prepare(cfg)
+        prepared.engine.run(**prepared.run_kwargs)
+        if isinstance(prepared.model, ClipReID) and not cfg.test.evaluate:
+            path = export_encoder(prepared.model, osp.join(cfg.data.save_dir, "encoder.safetensors"))
+            print(f"Test-time encoder exported to {path}")
         summary = {"engine": cfg.engine, "model": cfg.model.name, "sources": list(cfg.data.sources),
-                   "targets": list(cfg.data.targets), "save_dir": cfg.data.save_dir, "results": engine.results}
+                   "targets": list(cfg.data.targets), "save_dir": cfg.data.save_dir,
+                   "results": prepared.engine.results}
     with open(osp.join(cfg.data.save_dir, "results.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2)
     return summary

@@ -8,6 +8,7 @@ import torch
 from yacs.config import CfgNode as CN
 
 from .conditioning import CorrelationAwareCondition
+from .config import ConfigError
 from .diffusion import apply_finetune_mode, build_diffusion_architecture, count_parameters, load_diffusion_configs
 from .engines.dcac import resolve_diffusion_source
 from .launcher import build_model
@@ -23,7 +24,7 @@ def training_identities(sources: Sequence[str], override: Optional[int] = None) 
         return int(override)
     unknown = [s for s in sources if s not in TRAIN_IDENTITIES]
     if unknown:
-        raise ValueError(f"No known identity count for {unknown}; pass --num-classes N.")
+        raise ConfigError(f"No known training-identity count for {unknown}; pass --num-classes N.")
     return sum(TRAIN_IDENTITIES[s] for s in sources)
 
 
