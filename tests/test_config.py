@@ -89,3 +89,32 @@ def test_baseline_engine_refuses_a_model_without_bnneck():
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         build_config(str(tmp_path / "missing.yaml"))
+
+
+def shipped_configs():
+    import glob
+    import os
+
+    import dcac_plugin
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    package = os.path.join(os.path.dirname(dcac_plugin.__file__), "configs")
+    return sorted(glob.glob(os.path.join(repo, "configs", "*.yaml")) + glob.glob(os.path.join(package, "*.yaml")))
+
+
+@pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: p.split("/")[-1])
+def test_every_shipped_config_is_valid(path):
+    cfg = build_config(path)
+    check_config(cfg)
+    if cfg.engine == "dcac":
+        source = cfg.data.sources[0]
+        if source == "market1501":
+            assert cfg.dcac.lora.rank == 8 and cfg.dcac.condition.temperature == 0.6
+        if source == "msmt17":
+            assert cfg.dcac.lora.rank == 32 and cfg.dcac.condition.temperature == 1.0
+
+
+def test_shipped_configs_found():
+    names = {p.split("/")[-1] for p in shipped_configs()}
+    assert {"demo_softmax.yaml", "demo_baseline.yaml", "demo_dcac.yaml", "dcac_market1501_to_msmt17.yaml",
+            "dcac_msmt17_to_market1501.yaml"} <= names

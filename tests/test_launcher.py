@@ -67,3 +67,20 @@ def test_scripts_main_is_a_torchreid_style_launcher(data_root, tmp_path):
     assert results["engine"] == "softmax" and results["model"] == "osnet_x0_25"
     assert os.path.isfile(tmp_path / "model" / "model.pth.tar-1")
     assert "| softmax | osnet_x0_25 | synthetic_a -> synthetic_b |" in proc.stdout
+
+
+def test_demo_prints_and_writes_the_results_table(data_root, tmp_path, capsys):
+    code = main(["demo", "--engines", "baseline", "softmax", "--root", data_root, "--save-dir", str(tmp_path),
+                 "train.max_epoch", "1", "train.print_freq", "100"])
+    assert code == 0
+    table = (tmp_path / "demo_results.md").read_text().splitlines()
+    assert table[0] == "| engine | model | source -> target | mAP | Rank-1 |"
+    rows = [line.split("|")[1:-1] for line in table[2:]]
+    assert [r[0].strip() for r in rows] == ["baseline", "softmax"]
+    for row in rows:
+        mAP, rank1 = float(row[3]), float(row[4])
+        assert 0.0 < mAP <= 100.0 and 0.0 <= rank1 <= 100.0
+        engine = row[0].strip()
+        saved = json.load(open(tmp_path / engine / "results.json"))["results"]["synthetic_b"]
+        assert mAP == pytest.approx(100 * saved["mAP"], abs=0.05)
+    assert "\n".join(table) in capsys.readouterr().out
