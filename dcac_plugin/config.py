@@ -89,6 +89,10 @@ def get_default_config() -> CN:
     cfg.train.gamma = 0.1
     cfg.train.print_freq = 20
     cfg.train.seed = 1
+    # Ours (speed and memory; none changes the maths beyond numerical precision):
+    cfg.train.amp = "off"  # off | bf16 | fp16 (fp16 with a gradient scaler)
+    cfg.train.gradient_checkpointing = False  # ViT and U-Net blocks recompute activations in backward
+    cfg.train.compile = ""  # a torch.compile backend (e.g. inductor) for the Re-ID model and U-Net; '' = off
 
     cfg.sgd = CN()
     cfg.sgd.momentum = 0.9
@@ -150,6 +154,9 @@ def _dcac_section() -> CN:
     # (v1-5-pruned.safetensors / .ckpt), or ``tiny`` (a random tiny model for tests and the demo).
     dcac.diffusion.pretrained = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     dcac.diffusion.image_size = 128  # the diffusion view is image_size x image_size
+    # Encode each training image's VAE posterior once (kept under data.save_dir) and sample
+    # a fresh latent from it every step: the same latent distribution as encoding every step.
+    dcac.diffusion.latent_cache = True
     dcac.condition = CN()
     dcac.condition.mode = "correlation"  # correlation (eq. 12) | class | instance (Table 7)
     dcac.condition.transform = "none"  # none | silu | bn | mlp (Table 10)

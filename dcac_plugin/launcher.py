@@ -7,7 +7,7 @@ import os
 import os.path as osp
 import sys
 import time
-from typing import Any, Dict, NamedTuple
+from typing import Any, Dict, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from .data.transforms import build_reid_transforms, install_transforms
 from .data.views import TwoViewTransform, diffusion_view_transform
 from .models import CLIP_MODELS, ClipReID
 from .optim import build_optimizer, build_scheduler
+from .performance import AMP_MODES, compile_modules, enable_gradient_checkpointing
 from .registration import image_dataset_table, model_factory
 from .registry import ENGINES, nearest_name
 
@@ -44,6 +45,8 @@ def check_config(cfg: CN) -> None:
         for name in cfg.data[key]:
             if name not in datasets:
                 raise _unknown(f"dataset in data.{key}", name, datasets)
+    if cfg.train.amp not in AMP_MODES:
+        raise _unknown("mixed-precision mode (train.amp)", cfg.train.amp, AMP_MODES)
     if cfg.data.type != "image":
         raise ConfigError("Only data.type 'image' is supported by dcac-reid's launcher.")
     engine_cls = ENGINES.get(cfg.engine)
@@ -126,6 +129,15 @@ def tee_stdout(path: str):
         tee.file.close()
 
 
+def apply_speed_options(cfg: CN, model: nn.Module, auxiliary: Optional[nn.Module]) -> None:
+    """train.gradient_checkpointing and train.compile on the Re-ID model and the U-Net."""
+    networks = [model] + ([auxiliary.denoiser.unet] if auxiliary is not None else [])
+    if cfg.train.gradient_checkpointing:
+        print(f"Gradient checkpointing on {enable_gradient_checkpointing(networks)} networks")
+    if cfg.train.compile:
+        compile_modules(networks, backend=cfg.train.compile)
+
+
 class PreparedRun(NamedTuple):
     """Everything a config builds, ready for ``engine.run(**run_kwargs)``."""
 
@@ -142,7 +154,8 @@ def prepare(cfg: CN) -> PreparedRun:
     use_gpu = bool(cfg.use_gpu) and torch.cuda.is_available()
     reid_utils.set_random_seed(cfg.train.seed)
     engine_cls = ENGINES.get(cfg.engine)
-    datamanager = build_datamanager(cfg, use_gpu, getattr(engine_cls, "diffusion_view", False))
+    needs_diffusion_view = getattr(engine_cls, "needs_diffusion_view", lambda _cfg: False)(cfg)
+    datamanager = build_datamanager(cfg, use_gpu, needs_diffusion_view)
     print(f"Building model: {cfg.model.name}")
     model = build_model(cfg, datamanager.num_train_pids, engine_cls.model_loss, use_gpu)
     if cfg.model.load_weights:
@@ -156,6 +169,7 @@ def prepare(cfg: CN) -> PreparedRun:
         auxiliary = engine_cls.build_auxiliary(cfg, model, datamanager.num_train_pids)
         if use_gpu:
             auxiliary = auxiliary.cuda()
+    apply_speed_options(cfg, model, auxiliary)
     trained = nn.ModuleDict({"model": model, "auxiliary": auxiliary}) if auxiliary is not None else model
     optimizer = build_optimizer(cfg, trained)
     scheduler = build_scheduler(cfg, optimizer)

@@ -12,6 +12,7 @@ from torchreid import metrics as reid_metrics
 
 from ..config import device_kwargs
 from ..data.loaders import image_list_loader, train_items
+from ..performance import autocast, full_precision, grad_scaler
 from ..registry import ENGINES, LOSSES
 from .common import RunRecordMixin
 
@@ -33,7 +34,8 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
 
     def __init__(self, datamanager, model: nn.Module, optimizer, scheduler=None, use_gpu: bool = True,
                  label_smooth: bool = True, pcl_temperature: float = 0.01, pcl_momentum: float = 0.2,
-                 pcl_weight: float = 1.0, memory_batch_size: int = 100, memory_workers: int = 0) -> None:
+                 pcl_weight: float = 1.0, memory_batch_size: int = 100, memory_workers: int = 0,
+                 amp: str = "off") -> None:
         super().__init__(datamanager, **device_kwargs(reid_engine.Engine.__init__, use_gpu))
         self.model = model
         self.optimizer = optimizer
@@ -46,13 +48,16 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
         self.pcl_weight = pcl_weight
         self.memory_batch_size = memory_batch_size
         self.memory_workers = memory_workers
+        self.amp = amp
+        self.scaler = grad_scaler(self.device, amp)
 
     @classmethod
     def from_config(cls, cfg, datamanager, model, optimizer, scheduler, use_gpu: bool, **extra):
         return cls(datamanager, model, optimizer, scheduler, use_gpu=use_gpu,
                    label_smooth=cfg.loss.softmax.label_smooth, pcl_temperature=cfg.dcac.pcl.temperature,
                    pcl_momentum=cfg.dcac.pcl.momentum, pcl_weight=cfg.dcac.pcl.weight,
-                   memory_batch_size=cfg.test.batch_size, memory_workers=cfg.data.workers, **extra)
+                   memory_batch_size=cfg.test.batch_size, memory_workers=cfg.data.workers, amp=cfg.train.amp,
+                   **extra)
 
     # ------------------------------------------------------------------ PCL memory
 
@@ -81,8 +86,14 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
     # ------------------------------------------------------------------- one step
 
     def compute_losses(self, output, pids: torch.Tensor, data: dict) -> Dict[str, torch.Tensor]:
-        """The unweighted loss terms of one batch; subclasses add theirs (dcac adds L_dif)."""
-        return {"loss_id": self.criterion(output.logits, pids), "loss_pcl": self.memory.loss(output.f_bn, pids)}
+        """The unweighted loss terms of one batch; subclasses add theirs (dcac adds L_dif).
+
+        The Re-ID losses are computed in fp32 under mixed precision: PCL divides by tau = 0.01,
+        where bf16 logits would be off by whole units.
+        """
+        with full_precision(self.device):
+            return {"loss_id": self.criterion(output.logits.float(), pids),
+                    "loss_pcl": self.memory.loss(output.f_bn.float(), pids)}
 
     def combine_losses(self, terms: Dict[str, torch.Tensor]) -> torch.Tensor:
         return reid_loss(terms["loss_id"], terms["loss_pcl"], self.pcl_weight)
@@ -90,14 +101,16 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
     def forward_backward(self, data: dict) -> Dict[str, float]:
         imgs, pids = self.parse_data_for_train(data)
         imgs, pids = imgs.to(self.device), pids.to(self.device)
-        output = self.model(imgs)
-        terms = self.compute_losses(output, pids, data)
-        loss = self.combine_losses(terms)
+        with autocast(self.device, self.amp):
+            output = self.model(imgs)
+            terms = self.compute_losses(output, pids, data)
+            loss = self.combine_losses(terms)
         self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         # Eq. 7 after the loss used the old memory.
-        self.memory.update(output.f_bn.detach(), pids)
+        self.memory.update(output.f_bn.detach().float(), pids)
         summary = {name: float(value.detach()) for name, value in terms.items()}
         summary["loss"] = float(loss.detach())
         summary["acc"] = float(reid_metrics.accuracy(output.logits.detach(), pids)[0])

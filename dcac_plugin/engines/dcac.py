@@ -8,8 +8,12 @@ import torch
 from torch import nn
 
 from ..conditioning import CorrelationAwareCondition
+from ..data.loaders import train_items
+from ..data.views import diffusion_view_transform
 from ..diffusion import (DiffusionDenoiser, apply_finetune_mode, load_diffusion_components,
-                         load_trainable_state_dict, save_tiny_stable_diffusion, trainable_state_dict)
+                         load_trainable_state_dict, sample_from_posterior, save_tiny_stable_diffusion,
+                         trainable_state_dict)
+from ..diffusion.latent_cache import LatentCache, vae_fingerprint
 from ..registry import ENGINES
 from .baseline import BaselineEngine
 
@@ -43,10 +47,11 @@ class DiffusionFeedback(nn.Module):
         self.condition = condition
         self.denoiser = denoiser
 
-    def forward(self, images: torch.Tensor, logits: torch.Tensor, features: torch.Tensor,
-                labels: torch.Tensor) -> torch.Tensor:
-        """L_dif of eq. 11 for the diffusion views ``images``, conditioned on the Re-ID outputs."""
-        return self.denoiser(images, self.condition(logits, features, labels))
+    def forward(self, images: Optional[torch.Tensor], logits: torch.Tensor, features: torch.Tensor,
+                labels: torch.Tensor, latents: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """L_dif of eq. 11 for the diffusion views ``images`` (or their scaled ``latents``),
+        conditioned on the Re-ID outputs."""
+        return self.denoiser(images, self.condition(logits, features, labels), latents=latents)
 
     def checkpoint_state_dict(self) -> Dict[str, torch.Tensor]:
         return trainable_state_dict(self)
@@ -77,18 +82,37 @@ class DCACEngine(BaselineEngine):
     Re-ID view and the raw diffusion view.
     """
 
-    diffusion_view = True
-
     def __init__(self, datamanager, model: nn.Module, optimizer, scheduler=None, use_gpu: bool = True,
-                 feedback: Optional[DiffusionFeedback] = None, lambda_dif: float = 1.0, **kwargs) -> None:
+                 feedback: Optional[DiffusionFeedback] = None, lambda_dif: float = 1.0,
+                 latent_cache_path: Optional[str] = None, diffusion_image_size: int = 128, **kwargs) -> None:
         super().__init__(datamanager, model, optimizer, scheduler, use_gpu=use_gpu, **kwargs)
         # Without the diffusion branch the engine can still evaluate (test.evaluate), not train.
         self.feedback = feedback.to(self.device) if feedback is not None else None
         self.lambda_dif = lambda_dif
+        self.latent_cache_path = latent_cache_path
+        self.diffusion_image_size = diffusion_image_size
+        self.latent_cache: Optional[LatentCache] = None
+
+    @staticmethod
+    def needs_diffusion_view(cfg) -> bool:
+        """Batches carry the raw diffusion view only when latents are encoded every step."""
+        return not cfg.dcac.diffusion.latent_cache
+
+    def build_latent_cache(self) -> LatentCache:
+        """Encode (once) the VAE posterior of every training image, as the diffusion view sees it."""
+        vae = self.feedback.denoiser.vae
+        cache = LatentCache(self.latent_cache_path, vae_fingerprint(vae, self.diffusion_image_size))
+        encoded = cache.build([item[0] for item in train_items(self.datamanager)], vae,
+                              diffusion_view_transform(self.diffusion_image_size), self.memory_batch_size,
+                              self.memory_workers, self.device)
+        print(f"Latent cache {self.latent_cache_path}: {len(cache.index)} images, {encoded} encoded now")
+        return cache
 
     def train(self, *args, **kwargs):
         if self.feedback is None:
             raise RuntimeError("The dcac engine needs its diffusion branch to train (feedback=...).")
+        if self.latent_cache_path and self.latent_cache is None:
+            self.latent_cache = self.build_latent_cache()
         return super().train(*args, **kwargs)
 
     @classmethod
@@ -98,8 +122,10 @@ class DCACEngine(BaselineEngine):
 
     @classmethod
     def from_config(cls, cfg, datamanager, model, optimizer, scheduler, use_gpu: bool, auxiliary=None):
+        cache_path = os.path.join(cfg.data.save_dir, "latent_cache.pth") if cfg.dcac.diffusion.latent_cache else None
         return super().from_config(cfg, datamanager, model, optimizer, scheduler, use_gpu,
-                                   feedback=auxiliary, lambda_dif=cfg.dcac.lambda_dif)
+                                   feedback=auxiliary, lambda_dif=cfg.dcac.lambda_dif,
+                                   latent_cache_path=cache_path, diffusion_image_size=cfg.dcac.diffusion.image_size)
 
     def set_model_mode(self, mode: str = "train", names=None) -> None:
         super().set_model_mode(mode, names)
@@ -107,13 +133,22 @@ class DCACEngine(BaselineEngine):
             self.feedback.train(mode == "train")
 
     def parse_data_for_train(self, data: dict):
-        reid_view, _ = data["img"]
+        images = data["img"]
+        reid_view = images[0] if isinstance(images, (list, tuple)) else images
         return reid_view, data["pid"]
+
+    def diffusion_inputs(self, data: dict) -> Dict[str, Optional[torch.Tensor]]:
+        """Either fresh latents drawn from the cached posteriors, or the raw diffusion views."""
+        if self.latent_cache is not None:
+            mean, std = self.latent_cache.lookup(data["impath"], self.device)
+            scaling = self.feedback.denoiser.vae.config.scaling_factor
+            return {"images": None, "latents": sample_from_posterior(mean, std, scaling_factor=scaling)}
+        return {"images": data["img"][1].to(self.device), "latents": None}
 
     def compute_losses(self, output, pids: torch.Tensor, data: dict) -> Dict[str, torch.Tensor]:
         terms = super().compute_losses(output, pids, data)
-        diffusion_view = data["img"][1].to(self.device)
-        terms["loss_dif"] = self.feedback(diffusion_view, output.logits, output.f_bn, pids)
+        inputs = self.diffusion_inputs(data)
+        terms["loss_dif"] = self.feedback(inputs["images"], output.logits, output.f_bn, pids, latents=inputs["latents"])
         return terms
 
     def combine_losses(self, terms: Dict[str, torch.Tensor]) -> torch.Tensor:

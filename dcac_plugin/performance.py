@@ -1,0 +1,63 @@
+"""Speed and memory options: mixed precision, gradient checkpointing, torch.compile.
+
+None changes the maths; each only trades numerical precision (amp) or time (checkpointing)
+or compilation time (compile) for speed or memory. Attention already runs through PyTorch's
+scaled_dot_product_attention: diffusers' default attention processor on torch 2 calls it,
+and open_clip's blocks call nn.MultiheadAttention with need_weights=False, which does too.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Optional
+
+import torch
+from torch import nn
+
+AMP_MODES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype(mode: str) -> Optional[torch.dtype]:
+    try:
+        return AMP_MODES[mode]
+    except KeyError:
+        raise ValueError(f"Unknown train.amp {mode!r}; use one of {', '.join(AMP_MODES)}") from None
+
+
+def autocast(device: torch.device, mode: str):
+    """``torch.autocast`` for ``train.amp`` (a no-op context when off)."""
+    dtype = amp_dtype(mode)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def full_precision(device: torch.device):
+    """A region where autocast is off: losses with small temperatures need fp32 logits."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def grad_scaler(device: torch.device, mode: str) -> torch.amp.GradScaler:
+    """fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not (disabled scaler)."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype(mode) == torch.float16)
+
+
+def enable_gradient_checkpointing(modules: Iterable[nn.Module]) -> int:
+    """Recompute activations in the backward pass of the ViT blocks and U-Net blocks; returns how many
+    modules were switched."""
+    switched = 0
+    for module in modules:
+        for sub in module.modules():
+            if hasattr(sub, "set_grad_checkpointing") and hasattr(sub, "transformer"):  # open_clip tower
+                sub.set_grad_checkpointing(True)
+                switched += 1
+            elif hasattr(sub, "enable_gradient_checkpointing") and getattr(sub, "_supports_gradient_checkpointing",
+                                                                             False):  # diffusers model
+                sub.enable_gradient_checkpointing()
+                switched += 1
+    return switched
+
+
+def compile_modules(modules: Iterable[nn.Module], backend: str = "inductor") -> None:
+    """``nn.Module.compile`` in place: parameters and state-dict keys are unchanged."""
+    for module in modules:
+        module.compile(backend=backend)
