@@ -68,6 +68,23 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    if args.what == "train":
+        from .benchmarks.train_bench import run_train_benchmark
+
+        figures = run_train_benchmark(batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, amp=args.amp,
+                                      device=args.device, latent_cache=not args.no_latent_cache, rank=args.rank,
+                                      gradient_checkpointing=args.gradient_checkpointing)
+    else:
+        from .benchmarks.eval_bench import run_eval_benchmark
+
+        figures = run_eval_benchmark(include_market=not args.skip_market, include_msmt=not args.skip_msmt)
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .config import build_config
     from .launcher import run
@@ -107,6 +124,26 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--num-classes", type=int, default=None,
                        help="training identities (default: the standard datasets' counts for data.sources)")
     stats.set_defaults(func=cmd_stats)
+
+    bench = sub.add_parser("bench", help="benchmarks that print JSON figures",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bench_sub = bench.add_subparsers(dest="what", required=True)
+    bench_train = bench_sub.add_parser("train", help="median step time and peak memory, baseline vs dcac "
+                                                     "(real-size architectures, random init)",
+                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bench_train.add_argument("--batch-size", type=int, default=8)
+    bench_train.add_argument("--steps", type=int, default=5, help="measured steps (after warm-up)")
+    bench_train.add_argument("--warmup", type=int, default=2)
+    bench_train.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
+    bench_train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    bench_train.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    bench_train.add_argument("--no-latent-cache", action="store_true", help="encode the diffusion view every step")
+    bench_train.add_argument("--gradient-checkpointing", action="store_true")
+    bench_eval = bench_sub.add_parser("eval", help="ranking metrics: Market-1501 size vs torchreid, MSMT17 size "
+                                                   "end to end from features")
+    bench_eval.add_argument("--skip-market", action="store_true", help="skip the torchreid comparison (about 70 s)")
+    bench_eval.add_argument("--skip-msmt", action="store_true")
+    bench.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", help="the embedded synthetic demo: train on synthetic_a, test on synthetic_b, "
                                        "with tiny random-init models on CPU",

@@ -31,7 +31,7 @@ def test_train_writes_checkpoint_and_reports_metrics(trained_run):
     torch.testing.assert_close(memory.norm(dim=1), torch.ones(64))
     summary = json.load(open(os.path.join(trained_run, "results.json")))
     metrics = summary["results"]["synthetic_b"]
-    assert 0.0 < metrics["mAP"] <= 1.0 and 0.0 <= metrics["rank1"] <= 1.0
+    assert 0.0 < metrics["mAP"] <= 1.0 and 0.0 <= metrics["rank1"] <= 1.0 and 0.0 < metrics["mINP"] <= 1.0
     assert metrics["rank1"] == pytest.approx(state["rank1"])
     assert any(name.startswith("train.log") for name in os.listdir(trained_run))
 

@@ -5,8 +5,10 @@ import os.path as osp
 from typing import Any, Dict
 
 import torch
+import torch.nn.functional as F
 
 from ..checkpoint import atomic_save
+from ..evaluation import evaluate_features
 
 
 class RunRecordMixin:
@@ -29,10 +31,47 @@ class RunRecordMixin:
     def device(self) -> torch.device:
         return torch.device("cuda" if self.use_gpu else "cpu")
 
-    def _evaluate(self, dataset_name: str = "", **kwargs):
-        rank1, mAP = super()._evaluate(dataset_name=dataset_name, **kwargs)
-        self.results[dataset_name] = {"rank1": float(rank1), "mAP": float(mAP), "epoch": int(self.epoch) + 1}
-        return rank1, mAP
+    @torch.no_grad()
+    def extract_split(self, loader) -> tuple:
+        """Features, pids and camids of one query or gallery loader, in loader order."""
+        features, pids, camids = [], [], []
+        for data in loader:
+            imgs, batch_pids, batch_camids = self.parse_data_for_eval(data)
+            features.append(self.extract_features(imgs.to(self.device)).float())
+            pids.append(batch_pids)
+            camids.append(batch_camids)
+        return torch.cat(features), torch.cat(pids), torch.cat(camids)
+
+    def _evaluate(self, dataset_name: str = "", query_loader=None, gallery_loader=None, dist_metric="euclidean",
+                  normalize_feature=False, ranks=(1, 5, 10, 20), rerank=False, visrank=False,
+                  use_metric_cuhk03=False, **kwargs):
+        """Our exact, chunked ranking metrics (never the whole distance matrix), mINP included.
+
+        Re-ranking and ranked-result pictures need the whole matrix: those go through
+        torchreid's own pipeline.
+        """
+        if rerank or visrank:
+            rank1, mAP = super()._evaluate(dataset_name=dataset_name, query_loader=query_loader,
+                                           gallery_loader=gallery_loader, dist_metric=dist_metric,
+                                           normalize_feature=normalize_feature, ranks=ranks, rerank=rerank,
+                                           visrank=visrank, use_metric_cuhk03=use_metric_cuhk03, **kwargs)
+            self.results[dataset_name] = {"rank1": float(rank1), "mAP": float(mAP), "epoch": int(self.epoch) + 1}
+            return rank1, mAP
+        print("Extracting features from query and gallery sets ...")
+        qf, q_pids, q_camids = self.extract_split(query_loader)
+        gf, g_pids, g_camids = self.extract_split(gallery_loader)
+        if normalize_feature:
+            qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
+        print(f"Ranking {qf.shape[0]} queries against {gf.shape[0]} gallery images ({dist_metric}) ...")
+        result = evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=dist_metric,
+                                   use_metric_cuhk03=use_metric_cuhk03)
+        print("** Results **")
+        print(f"mAP: {result.mAP:.1%}\nmINP: {result.mINP:.1%}\nCMC curve")
+        for r in ranks:
+            print(f"Rank-{r:<3}: {result.cmc[r - 1]:.1%}")
+        self.results[dataset_name] = {"rank1": float(result.cmc[0]), "mAP": float(result.mAP),
+                                      "mINP": float(result.mINP), "epoch": int(self.epoch) + 1}
+        return float(result.cmc[0]), float(result.mAP)
 
     def extra_state(self) -> Dict[str, Any]:
         """State beyond model/optimizer/scheduler that a checkpoint must keep."""

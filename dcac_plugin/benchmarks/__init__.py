@@ -1,0 +1,1 @@
+"""Benchmarks behind ``dcac bench``: each returns a JSON-serialisable dict of figures."""
