@@ -124,13 +124,15 @@ def evaluate_features(query_features: torch.Tensor, gallery_features: torch.Tens
     the constants leaves the order unchanged up to float rounding, so results equal
     :func:`evaluate_rank` on torchreid's matrix except where two distances are within
     rounding error of each other; ties are judged on these scores. Features are ranked in
-    float32 (float64 kept as is). On CPU the inner products go through NumPy's BLAS, which
-    measured ~1.8x faster than torch's on the AMD reference machine.
+    float32 (float64 kept as is). On CPU the inner products go through NumPy's BLAS
+    (OpenBLAS), which measured ~1.7x faster than torch's (MKL) on the AMD reference machine.
 
-    Memory: one ``chunk_size x num_gallery`` score block (4 bytes per entry in float32,
-    reused across chunks) plus a normalised or squared-norm copy of the gallery, plus
-    ranking temporaries of at most ~64 bytes x ``min(chunk_size, 2**22 / num_gallery)`` x
-    num_gallery. The Q x G matrix is never formed. Results do not depend on ``chunk_size``.
+    Memory (G gallery images): one score buffer of ``min(chunk_size, num_query) x G``
+    entries (4 bytes each in float32: 168 MB for 512 x 82,161), reused across chunks; the
+    gallery's squared norms or a normalised copy of it; and ranking temporaries for one
+    block of ``max(1, 2**22 // G)`` queries: at most ~64 bytes per block entry (~270 MB),
+    usually far less, as only entries up to each query's hardest match are kept. The Q x G
+    matrix is never formed. Results do not depend on ``chunk_size``.
     """
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"Unknown distance metric: {metric}. Choose 'euclidean' or 'cosine'.")
@@ -151,7 +153,8 @@ def evaluate_features(query_features: torch.Tensor, gallery_features: torch.Tens
         for start in range(0, query.shape[0], chunk_size):
             scores = buffer.scores(_query_side(query[start:start + chunk_size], metric), g_sq)
             for s in range(0, scores.shape[0], rows):
-                yield scores[s:s + rows], slice(start + s, start + s + rows)
+                block = scores[s:s + rows]
+                yield block, slice(start + s, start + s + block.shape[0])
 
     return _evaluate_blocks(blocks(), queries, gallery, max_rank, use_metric_cuhk03)
 
@@ -229,8 +232,8 @@ def _query_side(query: torch.Tensor, metric: str) -> torch.Tensor:
 
 
 class _ScoreBuffer:
-    """Ranking scores of one chunk of queries against the whole gallery, in one reused
-    buffer (allocating ``chunk x G`` floats per chunk cost ~25% of the matrix product)."""
+    """Ranking scores of one chunk of queries against the whole gallery, written into one
+    buffer reused across chunks, so that memory stays at a single chunk's scores."""
 
     def __init__(self, max_rows: int, gallery: torch.Tensor) -> None:
         self.gallery = gallery
@@ -266,21 +269,19 @@ def _evaluate_blocks(blocks: Iterable[Tuple[torch.Tensor, slice]],
     return result if sampler is None else result._replace(cmc=sampler.cmc())
 
 
-
 def _score_block(dist: torch.Tensor, q_pids: torch.Tensor, q_camids: torch.Tensor,
                  gallery: _Gallery, max_rank: int) -> _BlockScores:
     """CMC histogram, AP and INP sums for a block of query rows."""
     kept_rank, good = _match_ranks(dist, q_pids, q_camids, gallery)
     num_good = good.sum(1)
     valid = num_good > 0
-    good_index = good.cumsum(1).double()  # 1-based index of each match among the query's
+    good_index = good.cumsum(1).double()  # 1-based index among the query's matches
     ap = torch.where(good, good_index / kept_rank.clamp(min=1), 0.0).sum(1) / num_good.clamp(min=1)
     first = torch.where(good, kept_rank, kept_rank.new_tensor(max_rank + 1)).amin(1)
     hardest = torch.where(good, kept_rank, 0).amax(1)
     inp = num_good.double() / hardest.clamp(min=1)
     hist = torch.bincount((first[valid] - 1).clamp(max=max_rank), minlength=max_rank + 1)
-    return _BlockScores(hist[:max_rank], ap[valid].double().sum(), inp[valid].double().sum(),
-                        valid.sum())
+    return _BlockScores(hist[:max_rank], ap[valid].sum(), inp[valid].sum(), valid.sum())
 
 
 def _match_ranks(dist: torch.Tensor, q_pids: torch.Tensor, q_camids: torch.Tensor,
@@ -298,21 +299,14 @@ def _match_ranks(dist: torch.Tensor, q_pids: torch.Tensor, q_camids: torch.Tenso
     hardest = torch.where(good, match_dist, -torch.inf).amax(1)
     if torch.isnan(hardest).any():
         raise ValueError("NaN distance at a valid match")
-    rows, cols, values = _candidates(dist, hardest)
-    codes, match_codes = _distance_codes(values, match_dist)
-    sorted_keys = _sort_int64(_pack(rows, codes, cols, gallery.index_bits))
-    # Matches beyond the hardest valid one are not candidates; a sentinel sorts them last.
+    # Matches beyond the hardest valid one change no score; they sort last.
     relevant = present & (match_dist <= hardest[:, None])
-    block_rows = torch.arange(dist.shape[0], device=dist.device)[:, None]
-    keys = torch.where(relevant, _pack(block_rows, match_codes, idx, gallery.index_bits),
-                       torch.iinfo(torch.int64).max)
-    keys, order = torch.sort(keys, dim=1)
-    junk, good = junk.gather(1, order), good.gather(1, order) & relevant.gather(1, order)
-    row_start = _pack(block_rows, torch.zeros_like(block_rows), torch.zeros_like(block_rows),
-                      gallery.index_bits)
-    position = torch.searchsorted(sorted_keys, keys) - torch.searchsorted(sorted_keys, row_start)
-    junk_before = junk.cumsum(1) - junk.long()
-    return position + 1 - junk_before, good
+    position = torch.where(relevant, _positions(dist, hardest, idx, match_dist, relevant,
+                                                gallery.index_bits),
+                           torch.iinfo(torch.int64).max)
+    position, order = torch.sort(position, dim=1)
+    junk, good = junk.gather(1, order), good.gather(1, order)
+    return position + 1 - (junk.cumsum(1) - junk.long()), good
 
 
 def _same_pid_entries(q_pids: torch.Tensor, gallery: _Gallery) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -327,6 +321,42 @@ def _same_pid_entries(q_pids: torch.Tensor, gallery: _Gallery) -> Tuple[torch.Te
     return gallery.by_pid[slot], present
 
 
+def _positions(dist: torch.Tensor, hardest: torch.Tensor, idx: torch.Tensor,
+               match_dist: torch.Tensor, relevant: torch.Tensor, index_bits: int) -> torch.Tensor:
+    """0-based stable rank, within its row, of each ``relevant`` entry ``(row, idx)``: the
+    number of entries of the row with a smaller (distance, gallery index)."""
+    rows, cols, values = _candidates(dist, hardest)
+    sorted_keys = _sort_int64(_pack(rows, _float32_code(values), cols, index_bits))
+    block_rows = torch.arange(dist.shape[0], device=dist.device)[:, None]
+    codes = _float32_code(match_dist)
+    row_start = torch.searchsorted(sorted_keys, block_rows << (32 + index_bits))
+    position = torch.searchsorted(sorted_keys, _pack(block_rows, codes, idx, index_bits)) - row_start
+    if dist.dtype == torch.float32:
+        return position
+    # Distinct float64 distances may share a float32 code; the key then orders them by
+    # gallery index. Only matches whose code is shared need their rank counted exactly.
+    run_start, run_end = (torch.searchsorted(sorted_keys, (block_rows << (32 + index_bits))
+                                             | (c << index_bits)) for c in (codes, codes + 1))
+    shared_row, shared_slot = (relevant & (run_end - run_start > 1)).nonzero(as_tuple=True)
+    position[shared_row, shared_slot] = _counted_positions(
+        dist, shared_row, idx[shared_row, shared_slot], match_dist[shared_row, shared_slot])
+    return position
+
+
+def _counted_positions(dist: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                       values: torch.Tensor) -> torch.Tensor:
+    """Stable rank of entries ``(rows, cols)`` (distances ``values``) by comparing them
+    with their whole row, a bounded number of rows at a time."""
+    step = max(1, _BLOCK_ELEMENTS // dist.shape[1])
+    gallery_index = torch.arange(dist.shape[1], device=dist.device)
+    counts = []
+    for s in range(0, rows.numel(), step):
+        row_dist, value = dist[rows[s:s + step]], values[s:s + step, None]
+        before = (row_dist < value) | ((row_dist == value) & (gallery_index < cols[s:s + step, None]))
+        counts.append(before.sum(1))
+    return torch.cat(counts) if counts else rows.new_zeros(0)
+
+
 def _candidates(dist: torch.Tensor, hardest: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(rows, cols, distances)`` of every entry no farther than its row's hardest valid
     match: nothing beyond it changes a score. Rows without a valid match (threshold -inf)
@@ -337,27 +367,16 @@ def _candidates(dist: torch.Tensor, hardest: torch.Tensor) -> Tuple[torch.Tensor
 
 
 def _pack(rows: torch.Tensor, codes: torch.Tensor, cols: torch.Tensor, index_bits: int) -> torch.Tensor:
-    """One int64 per entry whose integer order is (row, distance, gallery index): distinct
-    keys, so sorting them gives each row's stable ranking order."""
+    """One int64 per entry whose integer order is (row, distance code, gallery index):
+    distinct keys, so sorting them gives each row's stable ranking order."""
     return (rows << (32 + index_bits)) | (codes << index_bits) | cols
 
 
-def _distance_codes(values: torch.Tensor, others: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Order-preserving int64 codes in ``[0, 2**32)`` for ``values`` and for ``others``.
-
-    float32: the IEEE bit pattern made monotone (exact, no sort). float64: the dense rank
-    among ``values`` (fewer than 2**32 per block), since 64-bit patterns leave no room; an
-    entry of ``others`` gets its exact code when it occurs in ``values``.
-    """
-    if values.dtype == torch.float32:
-        return _float32_code(values), _float32_code(others)
-    distinct = torch.unique(values, sorted=True)
-    return torch.searchsorted(distinct, values), torch.searchsorted(distinct, others.contiguous())
-
-
 def _float32_code(values: torch.Tensor) -> torch.Tensor:
-    """Monotone unsigned code of float32 bits: negatives flip their magnitude bits."""
-    bits = (values + 0.0).contiguous().view(torch.int32)  # + 0.0 turns -0.0 into 0.0
+    """Order-preserving code in ``[0, 2**32)`` of the float32 rounding of ``values``: the
+    IEEE bits with negatives' magnitude bits flipped. Exact for float32 (equal codes mean
+    equal distances); for float64, rounding can give distinct distances one code."""
+    bits = (values.float() + 0.0).contiguous().view(torch.int32)  # + 0.0 turns -0.0 into 0.0
     return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).long() + (1 << 31)
 
 
@@ -427,10 +446,9 @@ class _Cuhk03Sampler:
         self.rows.append(hits.cpu().numpy().astype(np.float32) / np.float32(_CUHK03_REPEATS))
 
     def cmc(self) -> np.ndarray:
-        """Mean CMC over the valid queries sampled so far."""
+        """Mean CMC over the valid queries sampled so far (there is at least one: the
+        Market-protocol pass over the same queries has already checked)."""
         all_cmc = np.concatenate(self.rows)
-        if all_cmc.shape[0] == 0:
-            raise ValueError(_NO_VALID_QUERY)
         # The expression torchreid ends with, so that the float32 sums agree bit for bit.
         return all_cmc.sum(0) / float(all_cmc.shape[0])
 

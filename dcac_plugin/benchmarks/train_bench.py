@@ -10,13 +10,14 @@ as the reference does).
 from __future__ import annotations
 
 import multiprocessing
-import resource
 import statistics
 import time
 from types import SimpleNamespace
 from typing import Dict, Optional, Sequence
 
 import torch
+
+from .memory import peak_rss_kb
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
@@ -101,7 +102,7 @@ def measure_engine(engine_name: str, batch_size: int = 8, steps: int = 5, warmup
         print(f"  {engine_name}: step {step + 1}/{warmup + steps} {times[-1] if step >= warmup else 0:.3f}s"
               f"{' (warm-up)' if step < warmup else ''}", flush=True)
     peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+            else peak_rss_kb() * 1024)
     return {"engine": engine_name, "median_step_s": statistics.median(times), "step_times_s": times,
             "peak_memory_gb": round(peak / 2**30, 3),
             "peak_memory_kind": "cuda max allocated" if dev.type == "cuda" else "process peak RSS"}
