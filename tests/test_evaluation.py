@@ -185,14 +185,20 @@ def test_max_rank_is_capped_by_gallery_size():
     np.testing.assert_array_equal(result.cmc, [0, 1, 1])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_tensors_give_the_cpu_result():
+# Tensor inputs on every device this machine has (CUDA where present) give the NumPy-input result.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tensors_on_each_device_give_the_numpy_result(device):
     query, gallery, labels = _features(np.random.default_rng(9), 50, 300, 25)
     expected = evaluate_features(query, gallery, *labels, chunk_size=16)
-    cuda_labels = [torch.from_numpy(x).cuda() for x in labels]
-    _assert_same_result(evaluate_features(query.cuda(), gallery.cuda(), *cuda_labels, chunk_size=16), expected)
-    distmat = metrics.compute_distance_matrix(query, gallery).cuda()
-    _assert_same_result(evaluate_rank_full(distmat, *cuda_labels), evaluate_rank_full(distmat.cpu(), *labels))
+    device_labels = [torch.from_numpy(x).to(device) for x in labels]
+    _assert_same_result(evaluate_features(query.to(device), gallery.to(device), *device_labels, chunk_size=16),
+                        expected)
+    distmat = metrics.compute_distance_matrix(query, gallery)
+    _assert_same_result(evaluate_rank_full(distmat.to(device), *device_labels),
+                        evaluate_rank_full(distmat.numpy(), *labels))
 
 
 def test_benchmark_market_part_runs_and_reports():
