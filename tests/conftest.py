@@ -20,3 +20,19 @@ def isolated_cache(tmp_path_factory):
     """Generated artefacts (the tiny diffusion model) go to a per-session folder, not ~/.cache."""
     os.environ["DCAC_CACHE"] = str(tmp_path_factory.mktemp("dcac-cache"))
     yield os.environ["DCAC_CACHE"]
+
+
+def fixed_dcac_batch(engine, model) -> dict:
+    """A fixed two-view batch of 4 identities x 2 images, with the engine's PCL memory built from it.
+
+    Leaves the model in train mode, ready for ``engine.forward_backward(batch)``.
+    """
+    import torch
+
+    torch.manual_seed(1)
+    reid_view, diffusion_view = torch.randn(8, 3, 128, 64), torch.rand(8, 3, 128, 128) * 2 - 1
+    pids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    with torch.no_grad():
+        engine.memory.initialize(model.eval()(reid_view), pids)
+    model.train()
+    return {"img": [reid_view, diffusion_view], "pid": pids}

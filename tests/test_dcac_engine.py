@@ -15,6 +15,8 @@ from dcac_plugin.diffusion import save_tiny_stable_diffusion
 from dcac_plugin.engines.dcac import DCACEngine, build_diffusion_feedback
 from dcac_plugin.launcher import prepare
 
+from conftest import fixed_dcac_batch
+
 
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
@@ -59,16 +61,11 @@ def test_a_few_dcac_steps_lower_the_total_loss_on_a_fixed_batch(tiny_sd):
     params = list(model.parameters()) + [p for p in feedback.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-3)
     engine = DCACEngine(fake_datamanager(4), model, optimizer, use_gpu=False, feedback=feedback)
-    torch.manual_seed(1)
-    reid_view, diffusion_view = torch.randn(8, 3, 128, 64), torch.rand(8, 3, 128, 128) * 2 - 1
-    pids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    with torch.no_grad():
-        engine.memory.initialize(model.eval()(reid_view), pids)
-    model.train()
+    batch = fixed_dcac_batch(engine, model)
     losses = []
     for _ in range(8):
         torch.manual_seed(7)  # the same timesteps and noise every step: the loss is a function of the weights
-        summary = engine.forward_backward({"img": [reid_view, diffusion_view], "pid": pids})
+        summary = engine.forward_backward(batch)
         losses.append(summary["loss"])
         assert summary["loss"] == pytest.approx(summary["loss_id"] + summary["loss_pcl"] + summary["loss_dif"], rel=1e-5)
     assert losses[-1] < losses[0]

@@ -12,6 +12,8 @@ from dcac_plugin.launcher import apply_speed_options, check_config
 from dcac_plugin.cli import demo_config_path
 from dcac_plugin.config import ConfigError
 
+from conftest import fixed_dcac_batch
+
 
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
@@ -31,14 +33,9 @@ def make_engine(tiny_sd, amp="off", *opts):
 
 
 def one_step(engine, model, feedback):
-    torch.manual_seed(1)
-    reid_view, diffusion_view = torch.randn(8, 3, 128, 64), torch.rand(8, 3, 128, 128) * 2 - 1
-    pids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    with torch.no_grad():
-        engine.memory.initialize(model.eval()(reid_view), pids)
-    model.train()
+    batch = fixed_dcac_batch(engine, model)
     torch.manual_seed(7)
-    summary = engine.forward_backward({"img": [reid_view, diffusion_view], "pid": pids})
+    summary = engine.forward_backward(batch)
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     grads.update({f"fb.{n}": p.grad.detach().clone() for n, p in feedback.named_parameters() if p.grad is not None})
     return summary, grads
