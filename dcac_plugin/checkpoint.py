@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, BinaryIO, Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -19,14 +19,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used; the message names the file and the fix."""
 
 
-def atomic_save(obj: Any, path: str) -> str:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> str:
+    """``write`` into a temporary file in the same folder, fsync, then rename over ``path``:
+    a crash leaves either the old file or the new one, never a truncated one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -35,6 +36,11 @@ def atomic_save(obj: Any, path: str) -> str:
             os.unlink(tmp)
         raise
     return path
+
+
+def atomic_save(obj: Any, path: str) -> str:
+    """``torch.save`` of ``obj`` to ``path``, atomically."""
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
@@ -96,22 +102,13 @@ def export_encoder(model: nn.Module, path: str) -> str:
 
     Written atomically; safetensors stores tensors only, so loading it runs no code.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
     if not weights:
         raise CheckpointError(f"{type(model).__name__} has no backbone/bnneck weights to export.")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
-    os.close(fd)
-    try:
-        save_file(weights, tmp, metadata={"format": "pt", "content": "dcac-reid encoder"})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    payload = save(weights, metadata={"format": "pt", "content": "dcac-reid encoder"})
+    return atomic_write(path, lambda handle: handle.write(payload))
 
 
 def load_encoder(model: nn.Module, path: str) -> None:

@@ -34,7 +34,6 @@ def parameter_stats(cfg: CN, num_classes: Optional[int] = None) -> Dict[str, obj
     n = training_identities(cfg.data.sources, num_classes)
     configs = load_diffusion_configs(resolve_diffusion_source(cfg.dcac.diffusion.pretrained))
     architecture_only = cfg.clone()
-    architecture_only.defrost()
     architecture_only.model.pretrained = False  # counting needs no weights
     with torch.device("meta"):
         reid = build_model(architecture_only, n, "reid", use_gpu=False)

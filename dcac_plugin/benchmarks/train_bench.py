@@ -32,26 +32,15 @@ class FixedPosteriors:
         return self.mean.to(device), self.std.to(device)
 
 
-def _random_diffusion_feedback(cfg, num_classes: int, feature_dim: int, device: torch.device):
-    from ..conditioning import CorrelationAwareCondition
-    from ..diffusion import DiffusionDenoiser, apply_finetune_mode, build_diffusion_architecture, load_diffusion_configs
-    from ..engines.dcac import DiffusionFeedback
-
-    components = build_diffusion_architecture(load_diffusion_configs(SD15), device=device)
-    unet = apply_finetune_mode(components.unet, cfg.dcac.finetune, rank=cfg.dcac.lora.rank, alpha=cfg.dcac.lora.alpha)
-    denoiser = DiffusionDenoiser(unet, components.vae, components.noise_scheduler)
-    condition = CorrelationAwareCondition(num_classes, feature_dim, denoiser.prompt_dim,
-                                          temperature=cfg.dcac.condition.temperature)
-    return DiffusionFeedback(condition, denoiser).to(device)
-
-
 def measure_engine(engine_name: str, batch_size: int = 8, steps: int = 5, warmup: int = 2, amp: str = "off",
                    device: str = "cpu", latent_cache: bool = True, num_classes: int = 751, rank: int = 8,
                    gradient_checkpointing: bool = False) -> Dict[str, object]:
     """Median step time (s) after ``warmup`` steps and peak memory of one engine."""
     import dcac_plugin  # noqa: F401  (registration)
     from ..config import build_config
+    from ..diffusion import build_diffusion_architecture, load_diffusion_configs
     from ..engines import BaselineEngine, DCACEngine
+    from ..engines.dcac import build_diffusion_feedback
     from ..launcher import apply_speed_options, build_model
     from ..optim import build_optimizer
 
@@ -60,7 +49,11 @@ def measure_engine(engine_name: str, batch_size: int = 8, steps: int = 5, warmup
     cfg = build_config(None, ["engine", engine_name, "model.pretrained", "False", "train.amp", amp,
                               "dcac.lora.rank", str(rank), "train.gradient_checkpointing", str(gradient_checkpointing)])
     model = build_model(cfg, num_classes, "reid", use_gpu=dev.type == "cuda").to(dev)
-    feedback = _random_diffusion_feedback(cfg, num_classes, model.feature_dim, dev) if engine_name == "dcac" else None
+    feedback = None
+    if engine_name == "dcac":
+        # Real-size SD1.5 architecture, randomly initialised: nothing to download.
+        components = build_diffusion_architecture(load_diffusion_configs(SD15), device=dev)
+        feedback = build_diffusion_feedback(cfg, num_classes, model.feature_dim, components).to(dev)
     apply_speed_options(cfg, model, feedback)
     trained = torch.nn.ModuleDict({"model": model, **({"auxiliary": feedback} if feedback is not None else {})})
     optimizer = build_optimizer(cfg, trained)

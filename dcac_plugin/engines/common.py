@@ -55,8 +55,7 @@ class RunRecordMixin:
                                            gallery_loader=gallery_loader, dist_metric=dist_metric,
                                            normalize_feature=normalize_feature, ranks=ranks, rerank=rerank,
                                            visrank=visrank, use_metric_cuhk03=use_metric_cuhk03, **kwargs)
-            self.results[dataset_name] = {"rank1": float(rank1), "mAP": float(mAP), "epoch": int(self.epoch) + 1}
-            return rank1, mAP
+            return self._record(dataset_name, float(rank1), float(mAP))
         print("Extracting features from query and gallery sets ...")
         qf, q_pids, q_camids = self.extract_split(query_loader)
         gf, g_pids, g_camids = self.extract_split(gallery_loader)
@@ -69,9 +68,11 @@ class RunRecordMixin:
         print(f"mAP: {result.mAP:.1%}\nmINP: {result.mINP:.1%}\nCMC curve")
         for r in ranks:
             print(f"Rank-{r:<3}: {result.cmc[r - 1]:.1%}")
-        self.results[dataset_name] = {"rank1": float(result.cmc[0]), "mAP": float(result.mAP),
-                                      "mINP": float(result.mINP), "epoch": int(self.epoch) + 1}
-        return float(result.cmc[0]), float(result.mAP)
+        return self._record(dataset_name, float(result.cmc[0]), float(result.mAP), mINP=float(result.mINP))
+
+    def _record(self, dataset_name: str, rank1: float, mAP: float, **extra: float) -> tuple:
+        self.results[dataset_name] = {"rank1": rank1, "mAP": mAP, **extra, "epoch": int(self.epoch) + 1}
+        return rank1, mAP
 
     def extra_state(self) -> Dict[str, Any]:
         """State beyond model/optimizer/scheduler that a checkpoint must keep."""

@@ -10,7 +10,7 @@ from torch import nn
 from ..conditioning import CorrelationAwareCondition
 from ..data.loaders import train_items
 from ..data.views import diffusion_view_transform
-from ..diffusion import (DiffusionDenoiser, apply_finetune_mode, load_diffusion_components,
+from ..diffusion import (DiffusionComponents, DiffusionDenoiser, apply_finetune_mode, load_diffusion_components,
                          load_trainable_state_dict, sample_from_posterior, save_tiny_stable_diffusion,
                          trainable_state_dict)
 from ..diffusion.latent_cache import LatentCache, vae_fingerprint
@@ -60,10 +60,16 @@ class DiffusionFeedback(nn.Module):
         load_trainable_state_dict(self, state)
 
 
-def build_diffusion_feedback(cfg, num_classes: int, feature_dim: int) -> DiffusionFeedback:
-    """Stable Diffusion components adapted as ``dcac.finetune`` says, and the condition."""
-    components = load_diffusion_components(resolve_diffusion_source(cfg.dcac.diffusion.pretrained),
-                                           random_unet=cfg.dcac.finetune == "scratch")
+def build_diffusion_feedback(cfg, num_classes: int, feature_dim: int,
+                             components: Optional[DiffusionComponents] = None) -> DiffusionFeedback:
+    """Stable Diffusion components adapted as ``dcac.finetune`` says, and the condition.
+
+    ``components`` defaults to the weights ``dcac.diffusion.pretrained`` names; the training
+    benchmark passes randomly initialised real-size ones instead.
+    """
+    if components is None:
+        components = load_diffusion_components(resolve_diffusion_source(cfg.dcac.diffusion.pretrained),
+                                               random_unet=cfg.dcac.finetune == "scratch")
     unet = apply_finetune_mode(components.unet, cfg.dcac.finetune, rank=cfg.dcac.lora.rank,
                                alpha=cfg.dcac.lora.alpha)
     denoiser = DiffusionDenoiser(unet, components.vae, components.noise_scheduler)
@@ -78,8 +84,10 @@ class DCACEngine(BaselineEngine):
     """L_id + L_pcl + lambda * L_dif, the diffusion loss conditioned on the classifier's
     probabilities so that its gradient reaches the Re-ID model (paper 4.4).
 
-    Each batch carries two views of every image (``data['img']`` is a pair): the augmented
-    Re-ID view and the raw diffusion view.
+    The diffusion branch gets its latents from the latent cache (drawn fresh each step
+    from the posterior cached for ``data['impath']``, the default), or, with
+    ``dcac.diffusion.latent_cache False``, encodes the raw diffusion view that then rides
+    in each batch beside the Re-ID view (``data['img']`` is the pair).
     """
 
     def __init__(self, datamanager, model: nn.Module, optimizer, scheduler=None, use_gpu: bool = True,
