@@ -30,6 +30,10 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> str:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -43,12 +47,26 @@ def atomic_save(obj: Any, path: str) -> str:
     return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
+def _numpy_scalar_globals() -> list:
+    """What a numpy scalar (torchreid stores ``rank1`` as one) needs to be rebuilt: data
+    constructors that run no code, so ``weights_only`` may allow them."""
+    import numpy as np
+
+    multiarray = getattr(np, "_core", None) or np.core
+    return [multiarray.multiarray.scalar, np.dtype] + [type(np.dtype(t)) for t in ("float64", "float32", "int64")]
+
+
 def load_checkpoint(path: str) -> Dict[str, Any]:
-    """Read a checkpoint safely; a file that needs arbitrary unpickling is refused."""
+    """Read a checkpoint safely; a file that needs arbitrary unpickling is refused.
+
+    torchreid's own checkpoints (numpy scalars beside the tensors) load too: numpy
+    scalar reconstruction is allow-listed, nothing else is.
+    """
     if not os.path.isfile(path):
         raise CheckpointError(f"Checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"Refusing to load {path}: it needs arbitrary unpickling (it stores objects other than "
@@ -62,10 +80,45 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     return state
 
 
+# The reference implementation's checkpoint layout (REFERENCE-NOTES, "Checkpoints of the
+# reference"): its Re-ID encoder keys mapped onto ClipReID's; denoiser keys are dropped.
+REFERENCE_ENCODER_KEYS = {"encoder.image_encoder.": "backbone.", "encoder.fc.": "classifier.",
+                          "encoder.bnneck.": "bnneck."}
+
+
+def is_reference_layout(weights: Dict[str, Any]) -> bool:
+    return any(k.startswith("encoder.image_encoder.") for k in weights)
+
+
+def from_reference_layout(weights: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The Re-ID encoder of a checkpoint released with the paper, under ClipReID's key names."""
+    converted = {}
+    for key, value in weights.items():
+        for old, new in REFERENCE_ENCODER_KEYS.items():
+            if key.startswith(old):
+                converted[new + key[len(old):]] = value
+    return converted
+
+
 def model_state_dict(state: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    """The model weights of a checkpoint (``state_dict`` entry or the dict itself), DataParallel prefix removed."""
+    """The model weights of a checkpoint (``state_dict`` entry or the dict itself), DataParallel
+    prefix removed, the reference implementation's layout converted."""
     weights = state.get("state_dict", state)
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in weights.items()}
+    weights = {k[len("module."):] if k.startswith("module.") else k: v for k, v in weights.items()}
+    return from_reference_layout(weights) if is_reference_layout(weights) else weights
+
+
+def check_same_identities(model: nn.Module, weights: Dict[str, torch.Tensor], path: str) -> None:
+    """A resumed run must have the identities its checkpoint was trained on."""
+    own = model.state_dict()
+    mismatched = [k for k, v in weights.items() if k.startswith("classifier.") and k in own and own[k].shape != v.shape]
+    if mismatched:
+        key = mismatched[0]
+        raise CheckpointError(
+            f"Checkpoint {path} was trained on {weights[key].shape[0]} identities ({key}); this run has "
+            f"{own[key].shape[0]} (the identities of its data.sources). "
+            "model.resume continues the same training only. To start from its encoder alone (classifier, "
+            "PCL memory and prompts fresh), use model.load_weights with this file instead.")
 
 
 def load_model_weights(model: nn.Module, path: str, skip_mismatched: Optional[tuple] = ("classifier.",)) -> list:

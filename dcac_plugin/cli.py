@@ -159,15 +159,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     import dcac_plugin  # noqa: F401  (registers models, datasets, engines)
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .models.clip_reid import ClipWeightsError
 
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, ClipWeightsError) as err:
+    except user_errors() as err:
         print(f"dcac: error: {err}", file=sys.stderr)
         return 2
+
+
+def user_errors() -> tuple:
+    """Errors caused by input (config, data, weights, checkpoints, a diverging run): their
+    messages name the problem and the fix, so they end the command without a traceback."""
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data.images import ImageReadError
+    from .data.layouts import DatasetLayoutError
+    from .diffusion import DiffusionWeightsError
+    from .engines.common import NonFiniteLossError
+    from .models.clip_reid import ClipWeightsError
+
+    return (ConfigError, CheckpointError, ClipWeightsError, DiffusionWeightsError, DatasetLayoutError, ImageReadError,
+            NonFiniteLossError)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,9 @@ def get_default_config() -> CN:
     cfg.data.norm_std = [0.229, 0.224, 0.225]
     cfg.data.save_dir = "log"
     cfg.data.load_train_targets = False
+    # Ours: decode every image once before training and drop unreadable ones with a warning
+    # (by default an unreadable image stops the run and names the file).
+    cfg.data.skip_corrupt_images = False
 
     cfg.market1501 = CN()
     cfg.market1501.use_500k_distractors = False
@@ -93,6 +96,10 @@ def get_default_config() -> CN:
     cfg.train.amp = "off"  # off | bf16 | fp16 (fp16 with a gradient scaler)
     cfg.train.gradient_checkpointing = False  # ViT and U-Net blocks recompute activations in backward
     cfg.train.compile = ""  # a torch.compile backend (e.g. inductor) for the Re-ID model and U-Net; '' = off
+    # Under torchrun: the process-group backend ('' = nccl on GPUs, gloo on CPU) and how long a
+    # rank may wait for the others (rank 0 evaluates alone while they wait).
+    cfg.train.dist_backend = ""
+    cfg.train.dist_timeout_minutes = 60.0
 
     cfg.sgd = CN()
     cfg.sgd.momentum = 0.9

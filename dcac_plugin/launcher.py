@@ -6,6 +6,7 @@ import json
 import os
 import os.path as osp
 import sys
+import tempfile
 import time
 from typing import Any, Dict, NamedTuple, Optional
 
@@ -17,10 +18,16 @@ from torchreid import data as reid_data
 from torchreid import models as reid_models
 from torchreid import utils as reid_utils
 
-from .checkpoint import export_encoder, load_checkpoint, load_model_weights, model_state_dict
+from . import distributed
+from .checkpoint import (CheckpointError, check_same_identities, export_encoder, load_checkpoint, load_model_weights,
+                         model_state_dict)
 from .config import ConfigError, device_kwargs, engine_run_kwargs, imagedata_kwargs
+from .data.layouts import check_datasets
+from .data.loaders import identities_below, rebuild_loaders, skip_unreadable_images, train_items
+from .data.samplers import build_train_sampler
 from .data.transforms import build_reid_transforms, install_transforms
 from .data.views import TwoViewTransform, diffusion_view_transform
+from .engines.common import checkpoint_paths
 from .models import CLIP_MODELS, ClipReID
 from .optim import build_optimizer, build_scheduler
 from .performance import AMP_MODES, compile_modules, enable_gradient_checkpointing
@@ -49,17 +56,48 @@ def check_config(cfg: CN) -> None:
         raise _unknown("mixed-precision mode (train.amp)", cfg.train.amp, AMP_MODES)
     if cfg.data.type != "image":
         raise ConfigError("Only data.type 'image' is supported by dcac-reid's launcher.")
+    if distributed.launched_info().enabled and cfg.sampler.train_sampler not in (
+            "RandomIdentitySampler", "RandomSampler", "SequentialSampler"):
+        raise ConfigError(f"sampler.train_sampler {cfg.sampler.train_sampler!r} has no distributed version; under "
+                          "torchrun use RandomIdentitySampler, RandomSampler or SequentialSampler.")
     engine_cls = ENGINES.get(cfg.engine)
     if engine_cls.model_loss == "reid" and cfg.model.name not in CLIP_MODELS:
         raise ConfigError(f"engine {cfg.engine!r} needs a CLIP Re-ID model (BNNeck feature); "
                           f"set model.name to one of {sorted(CLIP_MODELS)}.")
 
 
+def warn_rare_identities(cfg: CN, items: list) -> None:
+    """torchreid's identity sampler silently repeats images of identities with fewer than K."""
+    if cfg.sampler.train_sampler != "RandomIdentitySampler":
+        return
+    rare = identities_below(items, cfg.sampler.num_instances)
+    if rare:
+        examples = ", ".join(f"pid {pid}: {n}" for pid, n in list(rare.items())[:5])
+        print(f"Note: {len(rare)} training identities have fewer than sampler.num_instances = "
+              f"{cfg.sampler.num_instances} images ({examples}{', ...' if len(rare) > 5 else ''}); their images are "
+              "drawn with replacement to fill a batch, as torchreid does. Lower sampler.num_instances to avoid repeats.")
+
+
 def build_datamanager(cfg: CN, use_gpu: bool, diffusion_view: bool = False):
-    """torchreid's ImageDataManager, then our transforms installed in its loaders (with
-    ``diffusion_view``, training batches carry the pair (Re-ID view, diffusion view))."""
+    """torchreid's ImageDataManager (datasets checked against their expected layouts first),
+    its loaders rebuilt with checked image reads and, under torchrun, the distributed
+    sampler; our transforms installed (with ``diffusion_view``, training batches carry the
+    pair (Re-ID view, diffusion view))."""
+    check_datasets(list(cfg.data.sources) + list(cfg.data.targets), cfg.data.root)
     manager = reid_data.ImageDataManager(**imagedata_kwargs(cfg),
                                          **device_kwargs(reid_data.ImageDataManager.__init__, use_gpu))
+    if cfg.data.skip_corrupt_images:
+        skip_unreadable_images(manager, workers=max(1, cfg.data.workers))
+    items = train_items(manager)
+    warn_rare_identities(cfg, items)
+    try:
+        sampler = build_train_sampler(items, cfg.sampler.train_sampler, cfg.train.batch_size,
+                                      cfg.sampler.num_instances, cfg.sampler.num_cams, cfg.sampler.num_datasets,
+                                      seed=cfg.train.seed, rank=distributed.rank(),
+                                      world_size=distributed.world_size())
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    rebuild_loaders(manager, sampler)
     train_tf, test_tf = build_reid_transforms(cfg.data.height, cfg.data.width, cfg.data.transforms,
                                               cfg.data.norm_mean, cfg.data.norm_std,
                                               interpolation=cfg.dcac.resize_interpolation)
@@ -80,15 +118,30 @@ def build_model(cfg: CN, num_classes: int, model_loss: str, use_gpu: bool) -> nn
                                    **device_kwargs(reid_models.build_model, use_gpu))
 
 
-def resume(path: str, model: nn.Module, optimizer, scheduler, engine) -> int:
-    """Restore a checkpoint written by our engines; returns the epoch to start from."""
+def resolve_resume_path(path: str) -> str:
+    """``model.resume`` names a checkpoint file, or a run's save_dir (its ``latest``)."""
+    if osp.isdir(path):
+        for candidate in (checkpoint_paths(path)["latest"], osp.join(path, "latest.pth.tar")):
+            if osp.isfile(candidate):
+                return candidate
+        raise CheckpointError(f"model.resume {path} is a folder without model/latest.pth.tar; name a checkpoint file.")
+    return path
+
+
+def resume(path: str, model: nn.Module, engine) -> int:
+    """Restore everything a checkpoint of ours holds (weights, optimizer, scheduler, PCL
+    memory, diffusion state, RNG states, results); returns the epoch to start from."""
+    path = resolve_resume_path(path)
     state = load_checkpoint(path)
-    model.load_state_dict(model_state_dict(state))
-    if state.get("optimizer") is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    engine.load_extra_state(state.get("engine_state") or {})
+    weights = model_state_dict(state)
+    check_same_identities(model, weights, path)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"Checkpoint {path} does not fit model {type(model).__name__}: {err}") from None
+    if "epoch" not in state or "optimizer" not in state:
+        raise CheckpointError(f"{path} holds weights, not a training state; use model.load_weights to start from it.")
+    engine.load_training_state(state)
     print(f"Resumed from {path} at epoch {state['epoch']}")
     return int(state["epoch"])
 
@@ -149,13 +202,20 @@ class PreparedRun(NamedTuple):
 
 
 def prepare(cfg: CN) -> PreparedRun:
-    """Build data, model, optimizer, scheduler and engine from ``cfg``; resume if it says so."""
+    """Build data, model, optimizer, scheduler and engine from ``cfg``; resume if it says so.
+
+    Under torchrun every rank calls this; rank 0 goes first where files are written
+    (generated datasets, downloaded or generated weights).
+    """
     check_config(cfg)
     use_gpu = bool(cfg.use_gpu) and torch.cuda.is_available()
-    reid_utils.set_random_seed(cfg.train.seed)
+    info = distributed.init_distributed(use_gpu, cfg.train.dist_backend, cfg.train.dist_timeout_minutes)
+    # Ranks draw different augmentations and noise; DDP gives them rank 0's initial weights.
+    reid_utils.set_random_seed(cfg.train.seed + info.rank)
     engine_cls = ENGINES.get(cfg.engine)
     needs_diffusion_view = getattr(engine_cls, "needs_diffusion_view", lambda _cfg: False)(cfg)
-    datamanager = build_datamanager(cfg, use_gpu, needs_diffusion_view)
+    with distributed.main_process_first():
+        datamanager = build_datamanager(cfg, use_gpu, needs_diffusion_view)
     print(f"Building model: {cfg.model.name}")
     model = build_model(cfg, datamanager.num_train_pids, engine_cls.model_loss, use_gpu)
     if cfg.model.load_weights:
@@ -166,7 +226,8 @@ def prepare(cfg: CN) -> PreparedRun:
     # Modules trained beside the Re-ID model (dcac: prompts, adapters); not needed to evaluate.
     auxiliary = None
     if hasattr(engine_cls, "build_auxiliary") and not cfg.test.evaluate:
-        auxiliary = engine_cls.build_auxiliary(cfg, model, datamanager.num_train_pids)
+        with distributed.main_process_first():
+            auxiliary = engine_cls.build_auxiliary(cfg, model, datamanager.num_train_pids)
         if use_gpu:
             auxiliary = auxiliary.cuda()
     apply_speed_options(cfg, model, auxiliary)
@@ -178,25 +239,58 @@ def prepare(cfg: CN) -> PreparedRun:
     engine = engine_cls.from_config(cfg, datamanager, model, optimizer, scheduler, use_gpu, **extra)
     run_kwargs = engine_run_kwargs(cfg)
     if cfg.model.resume:
-        run_kwargs["start_epoch"] = resume(cfg.model.resume, model, optimizer, scheduler, engine)
+        run_kwargs["start_epoch"] = resume(cfg.model.resume, model, engine)
+    if info.enabled:
+        engine.setup_distributed()
+        print(f"Distributed: {info.world_size} processes ({torch.distributed.get_backend()}), "
+              f"{cfg.train.batch_size} images per rank and step")
     return PreparedRun(engine, model, optimizer, scheduler, run_kwargs)
 
 
-def run(cfg: CN) -> Dict[str, Any]:
-    """Train and/or evaluate as ``cfg`` says; returns and writes ``results.json`` in the save dir."""
-    check_config(cfg)
-    os.makedirs(cfg.data.save_dir, exist_ok=True)
+def ensure_writable(folder: str) -> None:
+    """Fail before any work when the log and checkpoint folder cannot be written."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"Cannot write logs and checkpoints to data.save_dir {folder!r} ({err.strerror or err}). "
+                          "Set data.save_dir to a writable folder.") from None
+
+
+@contextlib.contextmanager
+def run_output(cfg: CN):
+    """Rank 0 prints and logs to ``<save_dir>/train.log-<time>``; other ranks stay quiet."""
+    if not distributed.launched_info().is_main:
+        os.environ["TQDM_DISABLE"] = "1"
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            yield
+        return
+    ensure_writable(cfg.data.save_dir)
     log_name = ("test.log" if cfg.test.evaluate else "train.log") + time.strftime("-%Y-%m-%d-%H-%M-%S")
     with tee_stdout(osp.join(cfg.data.save_dir, log_name)):
+        yield
+
+
+def run(cfg: CN) -> Dict[str, Any]:
+    """Train and/or evaluate as ``cfg`` says; returns and writes ``results.json`` in the save dir.
+
+    Launched with torchrun, every rank runs this; rank 0 alone logs, evaluates and writes.
+    """
+    check_config(cfg)
+    with run_output(cfg):
         print(f"Show configuration\n{cfg}\n")
         prepared = prepare(cfg)
         prepared.engine.run(**prepared.run_kwargs)
-        if isinstance(prepared.model, ClipReID) and not cfg.test.evaluate:
-            path = export_encoder(prepared.model, osp.join(cfg.data.save_dir, "encoder.safetensors"))
-            print(f"Test-time encoder exported to {path}")
         summary = {"engine": cfg.engine, "model": cfg.model.name, "sources": list(cfg.data.sources),
                    "targets": list(cfg.data.targets), "save_dir": cfg.data.save_dir,
-                   "results": prepared.engine.results}
-    with open(osp.join(cfg.data.save_dir, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=2)
+                   "world_size": distributed.world_size(), "results": prepared.engine.results}
+        if distributed.is_main_process():
+            if isinstance(prepared.model, ClipReID) and not cfg.test.evaluate:
+                path = export_encoder(prepared.model, osp.join(cfg.data.save_dir, "encoder.safetensors"))
+                print(f"Test-time encoder exported to {path}")
+            with open(osp.join(cfg.data.save_dir, "results.json"), "w", encoding="utf-8") as handle:
+                json.dump(summary, handle, indent=2)
+    distributed.barrier()
+    distributed.destroy()
     return summary

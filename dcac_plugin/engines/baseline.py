@@ -10,9 +10,11 @@ from tqdm import tqdm
 from torchreid import engine as reid_engine
 from torchreid import metrics as reid_metrics
 
+from .. import distributed
 from ..config import device_kwargs
 from ..data.loaders import image_list_loader, train_items
 from ..performance import autocast, full_precision, grad_scaler
+from ..rng import preserved_rng
 from ..registry import ENGINES, LOSSES
 from .common import RunRecordMixin
 
@@ -64,20 +66,27 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
     @torch.no_grad()
     def extract_train_features(self) -> tuple:
         """Eval-mode BN features (L2-normalised by the model) of every training image,
-        with the test transform, and their labels."""
-        loader = image_list_loader(train_items(self.datamanager), self.datamanager.transform_te,
+        with the test transform, and their labels.
+
+        Under torchrun each rank extracts its share and all ranks receive all features,
+        so the memory built from them is the same everywhere.
+        """
+        loader = image_list_loader(distributed.shard(train_items(self.datamanager)), self.datamanager.transform_te,
                                    self.memory_batch_size, self.memory_workers, pin_memory=self.use_gpu)
         was_training = self.model.training
         self.model.eval()
         features, labels = [], []
-        for batch in tqdm(loader, desc="PCL memory", leave=False, dynamic_ncols=True):
+        for batch in tqdm(loader, desc="PCL memory", leave=False, dynamic_ncols=True,
+                          disable=not distributed.is_main_process()):
             features.append(self.model(batch["img"].to(self.device)))
             labels.append(batch["pid"].to(self.device))
         self.model.train(was_training)
-        return torch.cat(features), torch.cat(labels)
+        return distributed.all_gather_cat(torch.cat(features)), distributed.all_gather_cat(torch.cat(labels))
 
     def rebuild_memory(self) -> None:
-        self.memory.initialize(*self.extract_train_features())
+        # Not a training step: it must not move the RNG streams (exact resume).
+        with preserved_rng():
+            self.memory.initialize(*self.extract_train_features())
 
     def train(self, *args, **kwargs):
         self.rebuild_memory()
@@ -102,23 +111,29 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
         imgs, pids = self.parse_data_for_train(data)
         imgs, pids = imgs.to(self.device), pids.to(self.device)
         with autocast(self.device, self.amp):
-            output = self.model(imgs)
+            output = self.train_model(imgs)
             terms = self.compute_losses(output, pids, data)
             loss = self.combine_losses(terms)
+        self.check_finite(loss, {"loss": loss, **terms})
         self.optimizer.zero_grad()
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        # Eq. 7 after the loss used the old memory.
-        self.memory.update(output.f_bn.detach().float(), pids)
+        # Eq. 7 after the loss used the old memory; under torchrun with every rank's batch,
+        # so that the memories stay identical (ranks hold disjoint identities).
+        self.memory.update(distributed.all_gather_cat(output.f_bn.detach().float()), distributed.all_gather_cat(pids))
         summary = {name: float(value.detach()) for name, value in terms.items()}
         summary["loss"] = float(loss.detach())
         summary["acc"] = float(reid_metrics.accuracy(output.logits.detach(), pids)[0])
         return summary
 
     def extra_state(self) -> dict:
-        return {"pcl_memory": self.memory.prototypes.detach().cpu().clone()}
+        return {**super().extra_state(), "pcl_memory": self.memory.prototypes.detach().cpu().clone(),
+                "grad_scaler": self.scaler.state_dict()}
 
     def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
         if "pcl_memory" in state:
             self.memory.prototypes.copy_(state["pcl_memory"])
+        if state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])

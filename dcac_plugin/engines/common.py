@@ -1,23 +1,57 @@
-"""What every engine of ours adds to torchreid's: recorded metrics and safe checkpoints."""
+"""What every engine of ours adds to torchreid's: recorded metrics, safe and complete
+checkpoints (``latest`` every epoch, ``best`` on evaluation, exact resume), torchrun,
+and a stop on a non-finite loss."""
 from __future__ import annotations
 
+import contextlib
 import os.path as osp
-from typing import Any, Dict
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..checkpoint import atomic_save
 from ..evaluation import evaluate_features
+from ..rng import capture_rng_state, preserved_rng, restore_rng_state
+
+LATEST = "latest.pth.tar"
+BEST = "best.pth.tar"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped on a NaN or infinite loss; nothing was written for the broken step."""
+
+
+class _NullWriter:
+    """Stands in for TensorBoard's SummaryWriter on ranks other than 0 (one event log per run)."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def checkpoint_paths(save_dir: str, name: str = "model") -> Dict[str, str]:
+    """Where an engine writes its checkpoints: ``latest`` and ``best`` beside torchreid's numbered ones."""
+    folder = osp.join(save_dir, name)
+    return {"latest": osp.join(folder, LATEST), "best": osp.join(folder, BEST)}
 
 
 class RunRecordMixin:
     """Mix in before a torchreid engine class.
 
-    - ``results[dataset] = {'rank1', 'mAP', 'epoch'}`` after every evaluation, since
-      torchreid's ``test`` returns Rank-1 of the last target only.
-    - ``save_model`` writes atomically, with plain floats (torchreid stores a numpy scalar
-      that ``weights_only`` loading rejects) and the engine's extra state (e.g. the PCL memory).
+    - ``results[dataset] = {'rank1', 'mAP', 'mINP', 'epoch'}`` after every evaluation.
+    - Checkpoints (rank 0 only, written atomically, tensors and plain types only): after
+      every epoch ``<save_dir>/model/latest.pth.tar``; after every evaluation torchreid's
+      ``model.pth.tar-<epoch>`` and, when Rank-1 improved, ``best.pth.tar``. Each holds the
+      model, optimizer, scheduler, the engine's extra state (PCL memory, diffusion
+      adapters, loss scaler, sampler), the RNG states of every rank, and the results.
+    - Under torchrun: rank 0 evaluates and writes while the others wait; training steps
+      go through DistributedDataParallel (:meth:`setup_distributed`).
+    - Evaluation and other passes outside the training steps leave the RNG streams as
+      they were, so a resumed run draws what the uninterrupted one drew.
     """
 
     # What the engine asks the model to return in train mode (see ClipReID.forward).
@@ -29,7 +63,59 @@ class RunRecordMixin:
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cuda" if self.use_gpu else "cpu")
+        return torch.device("cuda", torch.cuda.current_device()) if self.use_gpu else torch.device("cpu")
+
+    @property
+    def train_model(self) -> torch.nn.Module:
+        """The model the training step calls: DDP-wrapped under torchrun, else the model itself."""
+        wrapped = self.__dict__.get("_train_model")
+        return wrapped if wrapped is not None else self.model
+
+    def setup_distributed(self) -> None:
+        """Wrap what the training step calls in DDP (a no-op in a single process)."""
+        self._train_model = distributed.wrap_ddp(self.model, self.use_gpu)
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, save_dir: str = "log", **kwargs):
+        self.save_dir = save_dir
+        if not distributed.is_main_process():
+            self.writer = _NullWriter()
+        return super().run(save_dir=save_dir, **kwargs)
+
+    def train(self, *args, **kwargs):
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        result = super().train(*args, **kwargs)
+        if getattr(self, "save_dir", None):
+            self.write_checkpoints(self.epoch, self.__dict__.get("_last_rank1", 0.0), self.save_dir, numbered=False)
+        return result
+
+    def test(self, *args, **kwargs):
+        """torchreid's test on rank 0 (the others wait), leaving the RNG streams untouched."""
+        rank1 = 0.0
+        with preserved_rng():
+            if distributed.is_main_process():
+                rank1 = super().test(*args, **kwargs)
+        distributed.barrier()
+        return rank1
+
+    def check_finite(self, loss: torch.Tensor, terms: Dict[str, Any]) -> None:
+        """Stop (on every rank) before a NaN or infinite loss reaches the weights."""
+        finite = bool(torch.isfinite(loss.detach()).all()) if torch.is_tensor(loss) else bool(torch.isfinite(
+            torch.tensor(float(loss))))
+        if distributed.all_ranks_true(finite, self.device):
+            return
+        values = ", ".join(f"{k}={float(v):.6g}" for k, v in terms.items())
+        last = checkpoint_paths(getattr(self, "save_dir", "") or ".")["latest"]
+        raise NonFiniteLossError(
+            f"Non-finite loss at epoch {self.epoch + 1}, step {getattr(self, 'batch_idx', 0) + 1}: {values}. "
+            f"Training stopped before this step changed anything on disk; the last good checkpoint is "
+            f"{last if osp.isfile(last) else '(none yet)'} (resume with model.resume). Common fixes: a lower "
+            "train.lr, train.amp bf16 or off instead of fp16, or checking the data.")
+
+    # ----------------------------------------------------------------- evaluation
 
     @torch.no_grad()
     def extract_split(self, loader) -> tuple:
@@ -74,23 +160,85 @@ class RunRecordMixin:
         self.results[dataset_name] = {"rank1": rank1, "mAP": mAP, **extra, "epoch": int(self.epoch) + 1}
         return rank1, mAP
 
+    # ---------------------------------------------------------------- checkpoints
+
     def extra_state(self) -> Dict[str, Any]:
         """State beyond model/optimizer/scheduler that a checkpoint must keep."""
-        return {}
+        sampler = getattr(self.train_loader, "sampler", None)
+        return {"sampler": sampler.state_dict()} if hasattr(sampler, "state_dict") else {}
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:
         """Restore what :meth:`extra_state` saved."""
+        sampler = getattr(self.train_loader, "sampler", None)
+        if "sampler" in state and hasattr(sampler, "load_state_dict"):
+            sampler.load_state_dict(state["sampler"])
+
+    def checkpoint_state(self, name: str, epoch: int, rank1: float) -> Dict[str, Any]:
+        """Everything an exact resume needs. Collective under torchrun (RNG states are gathered)."""
+        scheduler = self._scheds[name]
+        return {
+            "state_dict": self._models[name].state_dict(),
+            "epoch": int(epoch) + 1,
+            "rank1": float(rank1),
+            "best_rank1": float(self.__dict__.get("_best_rank1", -1.0)),
+            "optimizer": self._optims[name].state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "engine_state": self.extra_state(),
+            "rng": distributed.all_gather_objects(capture_rng_state()),
+            "results": {k: dict(v) for k, v in self.results.items()},
+        }
+
+    def write_checkpoints(self, epoch: int, rank1: float, save_dir: str, numbered: bool = True,
+                          is_best: bool = False) -> None:
+        """``latest`` always, torchreid's numbered file when asked, ``best`` when ``is_best`` (rank 0 writes)."""
+        for name in self.get_model_names():
+            state = self.checkpoint_state(name, epoch, rank1)
+            if not distributed.is_main_process():
+                continue
+            paths = checkpoint_paths(save_dir, name)
+            targets = [paths["latest"]]
+            if numbered:
+                targets.append(osp.join(save_dir, name, f"model.pth.tar-{int(epoch) + 1}"))
+            if is_best:
+                targets.append(paths["best"])
+            for path in targets:
+                atomic_save(state, path)
+            print(f"Checkpoint saved: {', '.join(targets)}")
 
     def save_model(self, epoch: int, rank1, save_dir: str, is_best: bool = False) -> None:
+        """Called by torchreid's loop after each evaluation."""
+        self._last_rank1 = float(rank1)
+        improved = float(rank1) > self.__dict__.get("_best_rank1", -1.0)
+        if improved:
+            self._best_rank1 = float(rank1)
+        self.write_checkpoints(epoch, rank1, save_dir, numbered=True, is_best=improved or is_best)
+
+    def load_training_state(self, state: Dict[str, Any]) -> None:
+        """Everything :meth:`checkpoint_state` saved beyond the weights, for ``model.resume``."""
         for name in self.get_model_names():
-            scheduler = self._scheds[name]
-            state = {
-                "state_dict": self._models[name].state_dict(),
-                "epoch": int(epoch) + 1,
-                "rank1": float(rank1),
-                "optimizer": self._optims[name].state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "engine_state": self.extra_state(),
-            }
-            path = atomic_save(state, osp.join(save_dir, name, f"model.pth.tar-{int(epoch) + 1}"))
-            print(f"Checkpoint saved to {path}")
+            if state.get("optimizer") is not None:
+                self._optims[name].load_state_dict(state["optimizer"])
+            if self._scheds[name] is not None and state.get("scheduler") is not None:
+                self._scheds[name].load_state_dict(state["scheduler"])
+        self.load_extra_state(state.get("engine_state") or {})
+        self._best_rank1 = float(state.get("best_rank1", -1.0))
+        self._last_rank1 = float(state.get("rank1", 0.0))
+        self.results.update(state.get("results") or {})
+        states = state.get("rng") or []
+        if len(states) == distributed.world_size():
+            restore_rng_state(states[distributed.rank()])
+        else:
+            print(f"Warning: the checkpoint holds RNG states of {len(states)} process(es) and this run has "
+                  f"{distributed.world_size()}: training continues correctly, but not bit-identically to the "
+                  "interrupted run.")
+
+
+@contextlib.contextmanager
+def swapped_model(engine, model: Optional[torch.nn.Module]) -> Iterator[None]:
+    """``engine.model`` temporarily replaced (torchreid's engines call ``self.model`` in their steps)."""
+    original = engine.model
+    engine.model = model if model is not None else original
+    try:
+        yield
+    finally:
+        engine.model = original

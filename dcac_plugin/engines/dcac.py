@@ -7,6 +7,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from .. import distributed
 from ..conditioning import CorrelationAwareCondition
 from ..data.loaders import train_items
 from ..data.views import diffusion_view_transform
@@ -15,6 +16,7 @@ from ..diffusion import (DiffusionComponents, DiffusionDenoiser, apply_finetune_
                          trainable_state_dict)
 from ..diffusion.latent_cache import LatentCache, vae_fingerprint
 from ..registry import ENGINES
+from ..rng import preserved_rng
 from .baseline import BaselineEngine
 
 
@@ -116,11 +118,24 @@ class DCACEngine(BaselineEngine):
         print(f"Latent cache {self.latent_cache_path}: {len(cache.index)} images, {encoded} encoded now")
         return cache
 
+    def setup_distributed(self) -> None:
+        super().setup_distributed()
+        # The frozen U-Net and VAE need no gradient sync and no per-step buffer broadcast.
+        self._train_feedback = distributed.wrap_ddp(self.feedback, self.use_gpu, broadcast_buffers=False)
+
+    @property
+    def train_feedback(self) -> nn.Module:
+        wrapped = self.__dict__.get("_train_feedback")
+        return wrapped if wrapped is not None else self.feedback
+
     def train(self, *args, **kwargs):
         if self.feedback is None:
             raise RuntimeError("The dcac engine needs its diffusion branch to train (feedback=...).")
         if self.latent_cache_path and self.latent_cache is None:
-            self.latent_cache = self.build_latent_cache()
+            # Rank 0 encodes and writes the cache; the others then read it. Not a training
+            # step: the RNG streams stay where they were (exact resume).
+            with preserved_rng(), distributed.main_process_first():
+                self.latent_cache = self.build_latent_cache()
         return super().train(*args, **kwargs)
 
     @classmethod
@@ -156,7 +171,7 @@ class DCACEngine(BaselineEngine):
     def compute_losses(self, output, pids: torch.Tensor, data: dict) -> Dict[str, torch.Tensor]:
         terms = super().compute_losses(output, pids, data)
         inputs = self.diffusion_inputs(data)
-        terms["loss_dif"] = self.feedback(inputs["images"], output.logits, output.f_bn, pids, latents=inputs["latents"])
+        terms["loss_dif"] = self.train_feedback(inputs["images"], output.logits, output.f_bn, pids, latents=inputs["latents"])
         return terms
 
     def combine_losses(self, terms: Dict[str, torch.Tensor]) -> torch.Tensor:

@@ -5,11 +5,21 @@ from torchreid import engine as reid_engine
 
 from ..config import device_kwargs
 from ..registry import ENGINES
-from .common import RunRecordMixin
+from .common import RunRecordMixin, swapped_model
+
+
+class ToolboxStepMixin:
+    """torchreid's training step, through DDP under torchrun, stopped on a non-finite loss."""
+
+    def forward_backward(self, data):
+        with swapped_model(self, self.train_model):
+            summary = super().forward_backward(data)
+        self.check_finite(summary["loss"], summary)
+        return summary
 
 
 @ENGINES.register("softmax")
-class SoftmaxEngine(RunRecordMixin, reid_engine.ImageSoftmaxEngine):
+class SoftmaxEngine(ToolboxStepMixin, RunRecordMixin, reid_engine.ImageSoftmaxEngine):
     """torchreid's ImageSoftmaxEngine: ID loss (label-smoothed cross-entropy)."""
 
     model_loss = "softmax"
@@ -22,7 +32,7 @@ class SoftmaxEngine(RunRecordMixin, reid_engine.ImageSoftmaxEngine):
 
 
 @ENGINES.register("triplet")
-class TripletEngine(RunRecordMixin, reid_engine.ImageTripletEngine):
+class TripletEngine(ToolboxStepMixin, RunRecordMixin, reid_engine.ImageTripletEngine):
     """torchreid's ImageTripletEngine: hard-mined triplet loss (+ weighted ID loss)."""
 
     model_loss = "triplet"

@@ -1,0 +1,196 @@
+"""Pre-flight check that a dataset sits where torchreid will look for it, showing the expected tree.
+
+torchreid's dataset classes try to DOWNLOAD a dataset whose folder is missing (which hangs or
+fails on GPU nodes without internet) and otherwise stop at the first missing path with a bare
+``"X" is not found`` or ``Dataset folder not found``. :func:`check_datasets` runs before them and
+raises :class:`DatasetLayoutError`, which names the dataset, the first missing path, the data
+root in use, the folder tree torchreid expects and the fix.
+
+Each :class:`DatasetLayout` mirrors its torchreid class exactly: it requires what that class
+checks or opens while loading, and nothing it treats as optional.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from textwrap import indent
+from typing import Dict, Iterable, Tuple
+
+_FIX = "put the dataset there or pass --root / set data.root"
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """A dataset folder that is missing or incomplete under the data root.
+
+    ``dataset``, ``missing`` and ``root`` say which dataset, which path and which data root.
+    The constructor takes the bare message as its only positional argument, so the error
+    pickles and re-raises like any exception; build it with :meth:`for_path`.
+    """
+
+    def __init__(self, message: str, *, dataset: str = "", missing: str = "", root: str = "") -> None:
+        super().__init__(message)
+        self.dataset = dataset
+        self.missing = missing
+        self.root = root
+
+    @classmethod
+    def for_path(cls, dataset: str, missing: str, root: str, tree: str, problem: str) -> DatasetLayoutError:
+        """The error for ``missing``, with ``problem`` first, then the expected tree and the fix."""
+        message = (f"{problem}\n"
+                   f"Data root: {root}\n"
+                   f"Expected layout of dataset {dataset!r} under the data root:\n"
+                   f"{indent(tree, '    ')}\n"
+                   f"Fix: {_FIX}.")
+        return cls(message, dataset=dataset, missing=missing, root=root)
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """Where one dataset's files must be, relative to the data root.
+
+    ``folder`` is the dataset's folder under the root (torchreid's ``dataset_dir``).
+    ``alternatives`` are the sub-roots inside ``folder`` that torchreid accepts, in its order of
+    preference: the first one that is a directory is used (``""`` is ``folder`` itself), and the
+    check fails if none is. ``required`` are paths under the chosen sub-root;
+    ``required_by_alternative`` adds paths for particular sub-roots, for datasets whose versions
+    name their folders differently. ``tree`` is the layout shown to the user. ``generated``
+    datasets are created on first use, so there is nothing to check.
+    """
+
+    folder: str
+    tree: str
+    alternatives: Tuple[str, ...] = ("",)
+    required: Tuple[str, ...] = ()
+    required_by_alternative: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+    generated: bool = False
+
+    def required_under(self, alternative: str) -> Tuple[str, ...]:
+        """Every path that must exist under the sub-root ``alternative``."""
+        extra = dict(self.required_by_alternative).get(alternative, ())
+        return self.required + tuple(extra)
+
+
+_MARKET_DIRS = ("bounding_box_train", "query", "bounding_box_test")
+_MSMT17_LISTS = ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")
+
+
+def _synthetic(name: str) -> DatasetLayout:
+    return DatasetLayout(
+        folder=name, generated=True,
+        tree=(f"{name}/                   generated here on first use; nothing to prepare\n"
+              "    bounding_box_train/\n"
+              "    bounding_box_test/\n"
+              "    query/\n"
+              "    SYNTHETIC.json"),
+    )
+
+
+EXPECTED_LAYOUTS: Dict[str, DatasetLayout] = {
+    # torchreid's Market1501 reads from Market-1501-v15.09.15/ if that directory exists, else
+    # (with a deprecation warning) from market1501/ itself. images/ is read only with
+    # market1501_500k=True, so it is not required.
+    "market1501": DatasetLayout(
+        folder="market1501", alternatives=("Market-1501-v15.09.15", ""), required=_MARKET_DIRS,
+        tree=("market1501/\n"
+              "    Market-1501-v15.09.15/      optional level: the folders below may also sit directly\n"
+              "                                in market1501/ (used only if this one is absent)\n"
+              "        bounding_box_train/     training images, e.g. 0002_c1s1_000451_03.jpg\n"
+              "        bounding_box_test/      gallery images\n"
+              "        query/                  query images\n"
+              "        images/                 optional: extra gallery, read only with market1501_500k"),
+    ),
+    # Note the folder: torchreid's name is 'dukemtmcreid' but its folder is 'dukemtmc-reid'.
+    "dukemtmcreid": DatasetLayout(
+        folder="dukemtmc-reid", alternatives=("DukeMTMC-reID",), required=_MARKET_DIRS,
+        tree=("dukemtmc-reid/\n"
+              "    DukeMTMC-reID/\n"
+              "        bounding_box_train/     training images, e.g. 0001_c2_f0046182.jpg\n"
+              "        bounding_box_test/      gallery images\n"
+              "        query/                  query images"),
+    ),
+    # torchreid's MSMT17 uses MSMT17_V1/ if it exists, else MSMT17_V2/; the versions name their
+    # image folders differently. All four list files are opened while loading.
+    "msmt17": DatasetLayout(
+        folder="msmt17", alternatives=("MSMT17_V1", "MSMT17_V2"), required=_MSMT17_LISTS,
+        required_by_alternative=(("MSMT17_V1", ("train", "test")),
+                                 ("MSMT17_V2", ("mask_train_v2", "mask_test_v2"))),
+        tree=("msmt17/\n"
+              "    MSMT17_V1/                  either this version ...\n"
+              "        train/                  training and validation images\n"
+              "        test/                   query and gallery images\n"
+              "        list_train.txt\n"
+              "        list_val.txt\n"
+              "        list_query.txt\n"
+              "        list_gallery.txt\n"
+              "    MSMT17_V2/                  ... or this one (used only if MSMT17_V1/ is absent)\n"
+              "        mask_train_v2/\n"
+              "        mask_test_v2/\n"
+              "        list_train.txt\n"
+              "        list_val.txt\n"
+              "        list_query.txt\n"
+              "        list_gallery.txt"),
+    ),
+    # torchreid's CUHK03 checks the raw release and both new-protocol configs on every run, even
+    # once it has extracted the images and written the split files.
+    "cuhk03": DatasetLayout(
+        folder="cuhk03",
+        required=("cuhk03_release", os.path.join("cuhk03_release", "cuhk-03.mat"),
+                  "cuhk03_new_protocol_config_detected.mat", "cuhk03_new_protocol_config_labeled.mat"),
+        tree=("cuhk03/\n"
+              "    cuhk03_release/\n"
+              "        cuhk-03.mat\n"
+              "    cuhk03_new_protocol_config_detected.mat\n"
+              "    cuhk03_new_protocol_config_labeled.mat\n"
+              "    (torchreid writes images_detected/, images_labeled/ and splits_*.json here on first use)"),
+    ),
+    "synthetic_a": _synthetic("synthetic_a"),
+    "synthetic_b": _synthetic("synthetic_b"),
+}
+
+
+def register_layout(name: str, layout: DatasetLayout) -> None:
+    """Make :func:`check_dataset_layout` check dataset ``name`` against ``layout`` (replacing any)."""
+    EXPECTED_LAYOUTS[name] = layout
+
+
+def check_dataset_layout(name: str, root: str) -> None:
+    """Raise :class:`DatasetLayoutError` for the first path dataset ``name`` lacks under ``root``.
+
+    Names without a registered layout (datasets registered by users) and generated datasets
+    pass without a check.
+    """
+    layout = EXPECTED_LAYOUTS.get(name)
+    if layout is None or layout.generated:
+        return
+    # Resolve the root as torchreid does, so the paths named are the ones it would use.
+    root = os.path.abspath(os.path.expanduser(root))
+
+    def fail(missing: str, problem: str) -> DatasetLayoutError:
+        return DatasetLayoutError.for_path(name, missing, root, layout.tree, problem)
+
+    if not os.path.isdir(root):
+        raise fail(root, f"Data root {root} does not exist (needed by dataset {name!r}).")
+    folder = os.path.join(root, layout.folder)
+    if not os.path.isdir(folder):
+        raise fail(folder, f"Dataset {name!r} is not in the data root: {folder} does not exist.")
+    chosen = next((alt for alt in layout.alternatives if os.path.isdir(os.path.join(folder, alt))), None)
+    if chosen is None:
+        candidates = [os.path.join(folder, alt) for alt in layout.alternatives]
+        what = f"none of {', '.join(candidates)} exists" if len(candidates) > 1 else f"{candidates[0]} does not exist"
+        raise fail(candidates[0], f"Dataset {name!r} is incomplete: {what}.")
+    for relative in layout.required_under(chosen):
+        path = os.path.join(folder, chosen, relative)
+        if not os.path.exists(path):
+            raise fail(path, f"Dataset {name!r} is incomplete: {path} does not exist.")
+
+
+def check_datasets(names: Iterable[str], root: str) -> None:
+    """:func:`check_dataset_layout` for each distinct name (a single name may be passed as a str)."""
+    if isinstance(names, str):  # torchreid accepts sources='market1501' as well as a list
+        names = [names]
+    for name in dict.fromkeys(names):
+        check_dataset_layout(name, root)
+
+
+__all__ = ["DatasetLayout", "DatasetLayoutError", "EXPECTED_LAYOUTS", "check_dataset_layout", "check_datasets",
+           "register_layout"]
