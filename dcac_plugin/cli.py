@@ -47,8 +47,11 @@ def format_results_table(summaries: Sequence[dict]) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from .launcher import run
 
+    from .distributed import launched_info
+
     summary = run(config_from_args(args))
-    print(format_results_table([summary]))
+    if launched_info().is_main:
+        print(format_results_table([summary]))
     return 0
 
 

@@ -150,15 +150,24 @@ def shard(items: list) -> list:
     return list(items)[rank()::world_size()]
 
 
-def wrap_ddp(module: torch.nn.Module, use_gpu: bool, **kwargs) -> torch.nn.Module:
+def wrap_ddp(module: torch.nn.Module, use_gpu: bool, sync_buffers_every_step: bool = True) -> torch.nn.Module:
     """``module`` in DistributedDataParallel in a distributed run, else itself.
 
     DDP averages the gradients of the parameters that require them; frozen weights
-    (the U-Net under LoRA, the VAE) are only broadcast once, at construction.
+    (the U-Net under LoRA, the VAE) are only broadcast once, at construction. Buffers are
+    broadcast from rank 0 before every forward unless ``sync_buffers_every_step`` is off.
     """
     if world_size() == 1 or not any(p.requires_grad for p in module.parameters()):
         return module
+    import inspect
+
     from torch.nn.parallel import DistributedDataParallel
 
+    kwargs = {}
+    if not sync_buffers_every_step:
+        # Newer torch renamed broadcast_buffers (synced at init either way).
+        name = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                else "broadcast_buffers")
+        kwargs[name] = False
     device_ids = [torch.cuda.current_device()] if use_gpu else None
     return DistributedDataParallel(module, device_ids=device_ids, **kwargs)

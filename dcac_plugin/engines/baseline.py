@@ -90,7 +90,23 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
 
     def train(self, *args, **kwargs):
         self.rebuild_memory()
-        return super().train(*args, **kwargs)
+        result = super().train(*args, **kwargs)
+        self.verify_memory_in_sync()
+        return result
+
+    def verify_memory_in_sync(self) -> None:
+        """Under torchrun, check that every rank ended the epoch with the same memory.
+
+        The updates are gathered so this always holds; a difference would mean the ranks
+        trained on different objectives, so it stops the run instead of going on silently.
+        """
+        if distributed.world_size() == 1:
+            return
+        memories = distributed.all_gather_cat(self.memory.prototypes.unsqueeze(0))
+        differs = [r for r in range(1, memories.shape[0]) if not torch.equal(memories[r], memories[0])]
+        if differs:
+            raise RuntimeError(f"PCL memory of rank(s) {differs} differs from rank 0's after epoch {self.epoch + 1}.")
+        print(f"PCL memory identical on all {memories.shape[0]} ranks after epoch {self.epoch + 1}")
 
     # ------------------------------------------------------------------- one step
 

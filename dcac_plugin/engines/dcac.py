@@ -121,7 +121,7 @@ class DCACEngine(BaselineEngine):
     def setup_distributed(self) -> None:
         super().setup_distributed()
         # The frozen U-Net and VAE need no gradient sync and no per-step buffer broadcast.
-        self._train_feedback = distributed.wrap_ddp(self.feedback, self.use_gpu, broadcast_buffers=False)
+        self._train_feedback = distributed.wrap_ddp(self.feedback, self.use_gpu, sync_buffers_every_step=False)
 
     @property
     def train_feedback(self) -> nn.Module:
