@@ -84,7 +84,9 @@ def build_datamanager(cfg: CN, use_gpu: bool, diffusion_view: bool = False):
     sampler; our transforms installed (with ``diffusion_view``, training batches carry the
     pair (Re-ID view, diffusion view))."""
     check_datasets(list(cfg.data.sources) + list(cfg.data.targets), cfg.data.root)
-    manager = reid_data.ImageDataManager(**imagedata_kwargs(cfg),
+    # The manager's own training sampler is replaced below (it would only assert on a bad
+    # identity count); a plain one keeps its constructor from failing first.
+    manager = reid_data.ImageDataManager(**{**imagedata_kwargs(cfg), "train_sampler": "RandomSampler"},
                                          **device_kwargs(reid_data.ImageDataManager.__init__, use_gpu))
     if cfg.data.skip_corrupt_images:
         skip_unreadable_images(manager, workers=max(1, cfg.data.workers))
