@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from dcac_plugin.cli import demo_config_path
