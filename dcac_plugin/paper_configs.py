@@ -1,0 +1,135 @@
+"""The configs of every protocol and ablation of the paper, generated from one place.
+
+``configs/paper/`` (package data; the repository's top-level ``configs/`` points there) holds
+what :func:`render_paper_configs` returns; ``scripts/make_paper_configs.py`` rewrites it and a
+test checks that the shipped files are exactly these, so the hyper-parameter rules of section
+5.2 (LoRA rank and tau_c by source) live in :mod:`dcac_plugin.protocols` only.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Sequence, Tuple
+
+from .protocols import (ABBREVIATIONS, MULTI_SOURCE_SETTINGS, SINGLE_SOURCE_PAIRS, condition_temperature_for,
+                        lora_rank_for, setting_name)
+
+PAPER_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "paper")
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# Ablations run on MA->MS and MS->MA (paper Tables 5-10).
+ABLATION_SETTINGS: Tuple[Tuple[str, str], ...] = (("market1501", "msmt17"), ("msmt17", "market1501"))
+ABLATIONS: Dict[str, Tuple[str, Sequence[Tuple[str, str]]]] = {
+    # table: (what it varies, [(file suffix, "yaml lines under dcac:")])
+    "table5": ("diffusion fine-tuning", [(f"finetune-{m}", f"  finetune: {m}\n")
+                                         for m in ("frozen", "partial1", "partial2", "full", "scratch")]),
+    "table7": ("conditioning scheme", [(f"condition-{m}", f"  condition:\n    mode: {m}\n") for m in ("instance", "class")]),
+    "table9": ("LoRA rank", [(f"rank-{r}", f"  lora:\n    rank: {r}\n") for r in (8, 16, 32, 64)]),
+    "table10": ("condition transform", [(f"transform-{t}", f"  condition:\n    transform: {t}\n")
+                                        for t in ("silu", "bn", "mlp")]),
+}
+TABLE_OF_SOURCE = {"market1501": "Table 2", "dukemtmcreid": "Table 2", "msmt17": "Table 3", "cuhk03": "Table 3"}
+
+
+def _stem(engine: str, sources: Sequence[str], target: str) -> str:
+    source = "multi" if len(sources) > 1 else sources[0]
+    return f"{engine}_{source}_to_{target}"
+
+
+def _yaml_list(names: Sequence[str]) -> str:
+    return "[" + ", ".join(names) + "]"
+
+
+def render_config(engine: str, sources: Sequence[str], target: str, where: str, dcac_overrides: str = "",
+                  title: str = "") -> str:
+    """One config: the paper recipe (applied by ``engine``) plus the source-dependent values."""
+    setting = setting_name(sources, target)
+    rank, tau = lora_rank_for(sources), condition_temperature_for(sources)
+    kind = "multi-source (leave-one-out)" if len(sources) > 1 else "single-source"
+    what = title or ("CLIP ViT-B/16 + ID loss + PCL (eq. 8)" if engine == "baseline" else
+                     f"DCAC: LoRA rank {rank}, tau_c {tau}")
+    save_dir = f"log/{engine}/{_stem(engine, sources, target).split('_', 1)[1]}"
+    if dcac_overrides:
+        save_dir = f"log/{where}"
+    lines = [
+        f"# {what}; {kind} {setting} ({where}).",
+        f"# dcac train --config-file configs/{where}.yaml --root /path/to/reid-data",
+        f"engine: {engine}",
+        "model:",
+        "  name: clip_vit_b16",
+        "  pretrained: True",
+        "data:",
+        f"  sources: {_yaml_list(sources)}",
+        f"  targets: {_yaml_list([target])}",
+        "  workers: 8",
+        f"  save_dir: {save_dir}",
+        "train:",
+        "  print_freq: 50",
+        "test:",
+        "  batch_size: 256",
+        "  eval_freq: 10",
+    ]
+    if "cuhk03" in list(sources) + [target]:
+        lines += ["cuhk03:", "  labeled_images: False   # CUHK03-NP detected, as in the paper",
+                  "  classic_split: False     # the new protocol (767 / 700 identities)"]
+    lines += ["dcac:", "  clip_weights: openai   # or a local file, e.g. /models/ViT-B-16.pt"]
+    if engine == "dcac":
+        lines += ["  finetune: lora", "  lora:", f"    rank: {rank}", "  condition:", f"    temperature: {tau}",
+                  "  diffusion:", "    # a Hugging Face id, a local diffusers folder, or /models/v1-5-pruned.safetensors",
+                  f"    pretrained: {SD15}"]
+    text = "\n".join(lines) + "\n"
+    return _apply_overrides(text, dcac_overrides) if dcac_overrides else text
+
+
+def _apply_overrides(text: str, overrides: str) -> str:
+    """Replace the dcac values an ablation changes (same keys, new values) in the rendered text."""
+    head = overrides.splitlines()[0].strip()
+    if head.startswith("finetune:"):
+        return text.replace("  finetune: lora\n", overrides)
+    if head == "lora:":
+        return text.replace(text[text.index("  lora:\n"):text.index("  condition:\n")], overrides)
+    # condition.mode / condition.transform go beside the temperature.
+    key_line = overrides.splitlines()[1] + "\n"
+    return text.replace("  condition:\n", "  condition:\n" + key_line)
+
+
+def render_paper_configs() -> Dict[str, str]:
+    """{path relative to configs/paper: text} for every config and run list."""
+    files: Dict[str, str] = {}
+    lists: Dict[str, List[str]] = {"table2": [], "table3": [], "table4": []}
+    for sources, target in [((s,), t) for s, t in SINGLE_SOURCE_PAIRS] + MULTI_SOURCE_SETTINGS:
+        folder = "multi" if len(sources) > 1 else "single"
+        table = "table4" if len(sources) > 1 else TABLE_OF_SOURCE[sources[0]].lower().replace(" ", "")
+        for engine in ("baseline", "dcac"):
+            where = f"{folder}/{_stem(engine, sources, target)}"
+            files[where + ".yaml"] = render_config(engine, sources, target, where)
+            lists[table].append(f"../{where}.yaml")
+    for table, (varies, variants) in ABLATIONS.items():
+        lists[table] = []
+        for source, target in ABLATION_SETTINGS:
+            lists[table] += [f"../single/{_stem(e, (source,), target)}.yaml" for e in ("baseline", "dcac")]
+            for suffix, overrides in variants:
+                if suffix == f"rank-{lora_rank_for((source,))}":
+                    continue  # the default rank is the main dcac config
+                where = f"ablations/{_stem('dcac', (source,), target)}_{suffix}"
+                files[where + ".yaml"] = render_config("dcac", (source,), target, where, overrides,
+                                                       title=f"DCAC ablation ({table}, {varies}): {suffix}")
+                lists[table].append(f"../{where}.yaml")
+    for table, entries in lists.items():
+        header = f"# Runs of the paper's {table.replace('table', 'Table ')}: dcac experiments configs/lists/{table}.txt\n"
+        files[f"lists/{table}.txt"] = header + "\n".join(entries) + "\n"
+    return files
+
+
+def write_paper_configs(folder: str = PAPER_CONFIG_DIR) -> List[str]:
+    """Write :func:`render_paper_configs` under ``folder``; returns the paths written."""
+    written = []
+    for relative, text in sorted(render_paper_configs().items()):
+        path = os.path.join(folder, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        written.append(path)
+    return written
+
+
+__all__ = ["ABBREVIATIONS", "ABLATIONS", "PAPER_CONFIG_DIR", "render_config", "render_paper_configs",
+           "write_paper_configs"]

@@ -1,0 +1,106 @@
+"""The shipped configs of every protocol and ablation: complete, valid, and with the paper's
+source-dependent hyper-parameters (section 5.2 and the reference notes)."""
+import glob
+import os
+
+import pytest
+
+from dcac_plugin.config import build_config
+from dcac_plugin.paper_configs import PAPER_CONFIG_DIR, render_paper_configs
+from dcac_plugin.protocols import DATASETS, paper_variant
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(PAPER_CONFIG_DIR, "*", "*.yaml")))
+# The paper's rules, written out independently of protocols.py.
+RANK = {"market1501": 8, "dukemtmcreid": 8, "cuhk03": 8, "msmt17": 32}
+TAU_C = {"market1501": 0.6, "dukemtmcreid": 0.6, "cuhk03": 0.1, "msmt17": 1.0}
+
+
+def load(relative):
+    return build_config(os.path.join(PAPER_CONFIG_DIR, relative), [])
+
+
+def test_shipped_files_are_exactly_the_generated_ones():
+    rendered = render_paper_configs()
+    shipped = {os.path.relpath(p, PAPER_CONFIG_DIR) for p in glob.glob(os.path.join(PAPER_CONFIG_DIR, "*", "*"))}
+    assert shipped == set(rendered)
+    for relative, text in rendered.items():
+        with open(os.path.join(PAPER_CONFIG_DIR, relative), encoding="utf-8") as handle:
+            assert handle.read() == text, f"{relative} was edited by hand; run scripts/make_paper_configs.py"
+    # The repository's configs/ is the package's folder.
+    assert os.path.samefile(os.path.join(REPO, "configs"), PAPER_CONFIG_DIR)
+
+
+def test_all_twelve_single_source_pairs_with_baseline_counterparts():
+    for engine in ("baseline", "dcac"):
+        pairs = set()
+        for source in DATASETS:
+            for target in DATASETS:
+                if source == target:
+                    continue
+                cfg = load(f"single/{engine}_{source}_to_{target}.yaml")
+                assert cfg.engine == engine and list(cfg.data.sources) == [source]
+                assert list(cfg.data.targets) == [target]
+                pairs.add((source, target))
+        assert len(pairs) == 12
+
+
+@pytest.mark.parametrize("source,target", [(s, t) for s in DATASETS for t in DATASETS if s != t])
+def test_single_source_dcac_follows_section_5_2(source, target):
+    cfg = load(f"single/dcac_{source}_to_{target}.yaml")
+    assert cfg.dcac.lora.rank == RANK[source] and cfg.dcac.condition.temperature == TAU_C[source]
+    assert cfg.dcac.finetune == "lora" and cfg.dcac.condition.mode == "correlation"
+    # The paper recipe (section 5.2) comes with the engine.
+    assert cfg.model.name == "clip_vit_b16" and (cfg.data.height, cfg.data.width) == (256, 128)
+    assert cfg.train.batch_size == 64 and cfg.sampler.num_instances == 4 and cfg.train.max_epoch == 60
+    assert cfg.train.lr == 5e-6 and cfg.dcac.diffusion.image_size == 128 and cfg.dcac.lambda_dif == 1.0
+    if "cuhk03" in (source, target):
+        assert cfg.cuhk03.labeled_images is False and cfg.cuhk03.classic_split is False  # CUHK03-NP detected
+    assert paper_variant(cfg) == "dcac"
+
+
+@pytest.mark.parametrize("target", DATASETS)
+def test_multi_source_leave_one_out(target):
+    for engine in ("baseline", "dcac"):
+        cfg = load(f"multi/{engine}_multi_to_{target}.yaml")
+        assert list(cfg.data.sources) == [d for d in DATASETS if d != target]
+        assert list(cfg.data.targets) == [target] and cfg.data.combineall is False  # training splits only
+        if engine == "dcac":
+            assert cfg.dcac.lora.rank == 32 and cfg.dcac.condition.temperature == 1.0
+
+
+def test_ablations_vary_one_thing_each():
+    expected = {"finetune": {"frozen", "partial1", "partial2", "full", "scratch"},
+                "condition": {"instance", "class"}, "transform": {"silu", "bn", "mlp"}}
+    seen = {}
+    for path in glob.glob(os.path.join(PAPER_CONFIG_DIR, "ablations", "*.yaml")):
+        cfg = build_config(path, [])
+        source, target = cfg.data.sources[0], cfg.data.targets[0]
+        assert (source, target) in {("market1501", "msmt17"), ("msmt17", "market1501")}
+        variant = paper_variant(cfg)
+        assert variant.count("=") == 1, variant  # exactly one setting differs from the main config
+        key, value = variant.split(" ")[1].split("=")
+        seen.setdefault((source, key), set()).add(value)
+        assert cfg.dcac.condition.temperature == TAU_C[source]
+    for source in ("market1501", "msmt17"):
+        for key, values in expected.items():
+            assert seen[(source, key)] == values
+        assert seen[(source, "rank")] | {str(RANK[source])} == {"8", "16", "32", "64"}
+
+
+def test_run_lists_name_existing_configs_for_every_table():
+    lists = sorted(glob.glob(os.path.join(PAPER_CONFIG_DIR, "lists", "*.txt")))
+    assert [os.path.basename(p) for p in lists] == [f"table{n}.txt" for n in (10, 2, 3, 4, 5, 7, 9)]
+    counts = {}
+    for path in lists:
+        entries = [line.strip() for line in open(path) if line.strip() and not line.startswith("#")]
+        assert all(os.path.isfile(os.path.join(os.path.dirname(path), e)) for e in entries)
+        counts[os.path.basename(path)] = len(entries)
+    assert counts["table2.txt"] == counts["table3.txt"] == 12 and counts["table4.txt"] == 8
+    assert counts["table5.txt"] == 2 * (2 + 5) and counts["table9.txt"] == 2 * (2 + 3)
+
+
+def test_every_shipped_config_builds():
+    assert len(CONFIGS) == 24 + 8 + 2 * (5 + 2 + 3 + 3)  # singles, multis, ablations
+    for path in CONFIGS:
+        build_config(path, [])
