@@ -1,7 +1,8 @@
 """dcac-reid: DCAC (diffusion model-assisted CLIP Re-ID) as a torchreid extension.
 
 ``import dcac_plugin`` registers, into torchreid's own tables, the models
-``clip_vit_b16`` and ``clip_vit_tiny`` and the synthetic demo datasets, and fills our
+``clip_vit_b16`` and ``clip_vit_tiny``, the synthetic demo datasets and the authors' layouts of
+MSMT17 and CUHK03-NP (``msmt17_folder``, ``cuhk03_np``), and fills our
 engine and loss registries (torchreid has none). Importing again changes nothing.
 """
 from . import engines, losses  # noqa: F401  (fill the ENGINES / LOSSES registries)

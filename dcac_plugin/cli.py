@@ -1,4 +1,4 @@
-"""The ``dcac`` command: ``dcac train``, ``dcac demo``, ``dcac config``."""
+"""The ``dcac`` command: ``dcac train``, ``demo``, ``config``, ``stats``, ``bench``, ``experiments``."""
 from __future__ import annotations
 
 import argparse
@@ -147,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_eval.add_argument("--skip-market", action="store_true", help="skip the torchreid comparison (about 70 s)")
     bench_eval.add_argument("--skip-msmt", action="store_true")
     bench.set_defaults(func=cmd_bench)
+
+    from .experiments import add_experiments_parser
+
+    add_experiments_parser(sub)
 
     demo = sub.add_parser("demo", help="the embedded synthetic demo: train on synthetic_a, test on synthetic_b, "
                                        "with tiny random-init models on CPU",

@@ -114,7 +114,8 @@ def render_paper_configs() -> Dict[str, str]:
                                                        title=f"DCAC ablation ({table}, {varies}): {suffix}")
                 lists[table].append(f"../{where}.yaml")
     for table, entries in lists.items():
-        header = f"# Runs of the paper's {table.replace('table', 'Table ')}: dcac experiments configs/lists/{table}.txt\n"
+        header = (f"# Runs of the paper's {table.replace('table', 'Table ')}: dcac experiments --root DATA {table}\n"
+                  f"# (or, in a checkout: dcac experiments --root DATA configs/lists/{table}.txt)\n")
         files[f"lists/{table}.txt"] = header + "\n".join(entries) + "\n"
     return files
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from torchreid import data as reid_data
 from torchreid import models as reid_models
 
+from .data.datasets import EXTRA_DATASETS
 from .data.synthetic import SYNTHETIC_DATASETS
 from .models import CLIP_MODELS
 
@@ -23,7 +24,7 @@ def register_all() -> None:
     for name, builder in CLIP_MODELS.items():
         factory[name] = builder
     datasets = image_dataset_table()
-    for name, cls in SYNTHETIC_DATASETS.items():
+    for name, cls in {**SYNTHETIC_DATASETS, **EXTRA_DATASETS}.items():
         if datasets.get(name) is not cls:
             datasets.pop(name, None)
             reid_data.register_image_dataset(name, cls)

@@ -15,7 +15,7 @@ from .launcher import build_model
 
 # Training identities of the standard datasets (paper Table 1 and torchreid's splits).
 TRAIN_IDENTITIES = {"market1501": 751, "dukemtmcreid": 702, "msmt17": 1041, "cuhk03": 767,
-                    "synthetic_a": 64, "synthetic_b": 64}
+                    "msmt17_folder": 1041, "cuhk03_np": 767, "synthetic_a": 64, "synthetic_b": 64}
 
 
 def training_identities(sources: Sequence[str], override: Optional[int] = None) -> int:

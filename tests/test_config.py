@@ -97,16 +97,16 @@ def shipped_configs():
 
     import dcac_plugin
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # The repository's configs/ is the package's configs/paper/.
     package = os.path.join(os.path.dirname(dcac_plugin.__file__), "configs")
-    return sorted(glob.glob(os.path.join(repo, "configs", "*.yaml")) + glob.glob(os.path.join(package, "*.yaml")))
+    return sorted(glob.glob(os.path.join(package, "**", "*.yaml"), recursive=True))
 
 
 @pytest.mark.parametrize("path", shipped_configs(), ids=lambda p: p.split("/")[-1])
 def test_every_shipped_config_is_valid(path):
     cfg = build_config(path)
     check_config(cfg)
-    if cfg.engine == "dcac":
+    if cfg.engine == "dcac" and "ablations" not in path and len(cfg.data.sources) == 1:  # ablations vary these
         source = cfg.data.sources[0]
         if source == "market1501":
             assert cfg.dcac.lora.rank == 8 and cfg.dcac.condition.temperature == 0.6

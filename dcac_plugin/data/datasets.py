@@ -1,0 +1,173 @@
+"""MSMT17 and CUHK03-NP in the folder layouts the DCAC authors' code reads, as torchreid datasets.
+
+torchreid reads MSMT17 from its list files (``msmt17``) and CUHK03 from the original
+``cuhk-03.mat`` (``cuhk03``), but many users hold these two datasets the way the DCAC reference
+code (RikoLi/DCAC, built on CLIP-ReID) reads them: as Market-1501-style folders. Rather than make
+them convert, the two classes here read those folders and register under their own names; they
+count as the same domains as torchreid's readers (``protocols.SAME_DOMAIN``).
+
+``msmt17_folder``: ``<root>/MSMT17/{bounding_box_train,bounding_box_test,query}/*.jpg``.
+    Taken from the reference's ``engine/datasets/msmt17_v2.py`` (class ``MSMT17_V2``):
+    ``dataset_dir = 'MSMT17'`` directly under the data root, the three Market folders, ``*.jpg``,
+    pid and camera parsed with ``([-\\d]+)_c([-\\d]+)`` (file names ``PPPP_cCC_*.jpg``, e.g.
+    ``0012_c14_0003.jpg``; the camera may have two digits, MSMT17 has 15), cameras checked to be
+    1..15 and made 0-based, pid -1 skipped as junk, training pids relabelled. We use the authors'
+    folder name, so a data root prepared for their code works unchanged. (On a case-insensitive
+    file system it is the same folder as torchreid's ``msmt17/``; the two layouts can share it,
+    as their sub-folders differ.) MSMT17 numbers its identities from 0, so pid 0 is a person
+    here (in Market it is background).
+
+``cuhk03_np``: ``<root>/cuhk03-np/{detected,labeled}/{bounding_box_train,bounding_box_test,query}/*.png``,
+    the CUHK03-NP release (Zhong et al., CVPR 2017: 767 training / 700 test identities) with file
+    names such as ``0001_c1_1.png`` (camera 1 or 2). The copy of the reference we could read
+    has no CUHK03 reader file; readers of the lineage its readers come from (TransReID /
+    CLIP-ReID-style ``BaseImageDataset`` classes with ``pid_begin``) use exactly this tree
+    (``dataset_dir = 'cuhk03-np/detected'``, ``*.png``, ``([-\\d]+)_c(\\d)``, cameras 1..2).
+    The subset follows torchreid's own switch: ``ImageDataManager`` passes
+    ``cuhk03_labeled=cfg.cuhk03.labeled_images`` to every dataset, so ``detected/`` is read by
+    default (as in the paper) and ``labeled/`` only when it is True. Only the subset read has to
+    exist: a release holding ``detected/`` alone is complete for the paper's setting.
+
+Both readers mirror torchreid's ``Market1501.process_dir`` (0-based cameras, -1 skipped, train
+pids relabelled to 0..N-1, query and gallery pids kept as written) except that they parse the
+file name rather than the whole path (a parent folder such as ``run_2_c1`` cannot be mistaken for
+one), read the files in sorted order and number the training pids in ascending order, so a
+seeded run sees the same data in the same order on every file system. Neither downloads
+anything: a missing or incomplete folder raises :class:`~dcac_plugin.data.layouts.DatasetLayoutError`
+with the expected tree, and their layouts are registered for the launcher's pre-flight check.
+Multi-source offsets of pids and cameras are left to torchreid, which applies them when it adds
+the sources' training sets.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Dict, List, Tuple, Type
+
+from torchreid import data as reid_data
+
+from .layouts import DatasetLayout, DatasetLayoutError, check_dataset_layout, register_layout
+
+Item = Tuple[str, int, int]  # (image path, pid, 0-based camera), as torchreid's datasets list them
+
+# The order torchreid's Market1501 checks them in, so the first missing one is the one it would name.
+_SPLIT_DIRS = ("bounding_box_train", "query", "bounding_box_test")
+# pid, then camera; the camera may have two digits (MSMT17 has 15).
+_FILE_NAME = re.compile(r"([-\d]+)_c(\d+)")
+_JUNK_PID = -1
+
+MSMT17_FOLDER_LAYOUT = DatasetLayout(
+    folder="MSMT17", required=_SPLIT_DIRS,
+    tree=("MSMT17/                         as the DCAC reference code reads it\n"
+          "    bounding_box_train/         training images, e.g. 0012_c14_0003.jpg (pid_cCAMERA_..., cameras 1..15)\n"
+          "    bounding_box_test/          gallery images\n"
+          "    query/                      query images"),
+)
+
+CUHK03_NP_LAYOUT = DatasetLayout(
+    # Either subset satisfies the pre-flight check, which cannot know which one the run reads;
+    # the dataset checks the subset it reads when it is built.
+    folder="cuhk03-np", alternatives=("detected", "labeled"), required=_SPLIT_DIRS,
+    tree=("cuhk03-np/\n"
+          "    detected/                   read by default (cuhk03.labeled_images False, as in the paper)\n"
+          "        bounding_box_train/     training images, e.g. 0001_c1_1.png (cameras c1, c2)\n"
+          "        bounding_box_test/      gallery images\n"
+          "        query/                  query images\n"
+          "    labeled/                    read instead with cuhk03.labeled_images True; may be absent otherwise\n"
+          "        bounding_box_train/\n"
+          "        bounding_box_test/\n"
+          "        query/"),
+)
+
+
+def read_market_style_dir(dir_path: str, extension: str, num_cameras: int, relabel: bool) -> List[Item]:
+    """The images ``*<extension>`` of one Market-style folder as torchreid's ``(path, pid, camid)``.
+
+    File names start with ``<pid>_c<camera>``; pid -1 (junk) is skipped, cameras 1..``num_cameras``
+    become 0-based, and with ``relabel`` the pids become 0..N-1 in ascending order of the written pid.
+    Raises ``ValueError`` naming a file whose name does not parse or whose camera is out of range.
+    """
+    items = []
+    for file_name in sorted(os.listdir(dir_path)):
+        if not file_name.endswith(extension):
+            continue
+        path = os.path.join(dir_path, file_name)
+        match = _FILE_NAME.search(file_name)
+        if match is None:
+            raise ValueError(f"{path}: the file name does not start with <pid>_c<camera> (e.g. 0001_c1_...)")
+        pid, camera = map(int, match.groups())
+        if pid == _JUNK_PID:
+            continue
+        if not 1 <= camera <= num_cameras:
+            raise ValueError(f"{path}: camera c{camera} is outside c1..c{num_cameras}")
+        items.append((path, pid, camera - 1))
+    if relabel:
+        label_of = {pid: label for label, pid in enumerate(sorted({pid for _, pid, _ in items}))}
+        items = [(path, label_of[pid], camid) for path, pid, camid in items]
+    return items
+
+
+def _read_splits(name: str, layout: DatasetLayout, root: str, data_dir: str, extension: str,
+                 num_cameras: int, why: str = "") -> Tuple[List[Item], List[Item], List[Item]]:
+    """Train, query and gallery of the Market-style folders in ``data_dir``, after checking that
+    ``data_dir`` and each folder exist and hold images (``why`` is added to such errors)."""
+    for path in (data_dir,) + tuple(os.path.join(data_dir, d) for d in _SPLIT_DIRS):
+        if not os.path.isdir(path):
+            raise DatasetLayoutError.for_path(name, path, root, layout.tree,
+                                              f"Dataset {name!r} is incomplete: {path} does not exist{why}.")
+    splits = {}
+    for split_dir in _SPLIT_DIRS:
+        path = os.path.join(data_dir, split_dir)
+        splits[split_dir] = read_market_style_dir(path, extension, num_cameras,
+                                                  relabel=split_dir == "bounding_box_train")
+        # torchreid's Dataset indexes train[0], query[0] and gallery[0]: an empty split would
+        # otherwise fail there with a bare IndexError.
+        if not splits[split_dir]:
+            raise DatasetLayoutError.for_path(name, path, root, layout.tree,
+                                              f"Dataset {name!r} has no usable *{extension} images in {path}{why}.")
+    return splits["bounding_box_train"], splits["query"], splits["bounding_box_test"]
+
+
+class MSMT17Folder(reid_data.ImageDataset):
+    """MSMT17 (1,041 training identities, 15 cameras) in the DCAC reference's Market-style folder."""
+
+    name = "msmt17_folder"
+    dataset_dir = MSMT17_FOLDER_LAYOUT.folder
+    dataset_url = None
+
+    def __init__(self, root: str = "", **kwargs) -> None:
+        self.root = os.path.abspath(os.path.expanduser(root))
+        check_dataset_layout(self.name, self.root)
+        self.dataset_dir = os.path.join(self.root, MSMT17_FOLDER_LAYOUT.folder)
+        train, query, gallery = _read_splits(self.name, MSMT17_FOLDER_LAYOUT, self.root, self.dataset_dir,
+                                             ".jpg", num_cameras=15)
+        super().__init__(train, query, gallery, **kwargs)
+
+
+class CUHK03NP(reid_data.ImageDataset):
+    """CUHK03-NP (767 training identities, 2 cameras) from its png release; ``cuhk03_labeled``
+    (torchreid's switch, ``cuhk03.labeled_images``) picks ``labeled/`` over ``detected/``."""
+
+    name = "cuhk03_np"
+    dataset_dir = CUHK03_NP_LAYOUT.folder
+    dataset_url = None
+
+    def __init__(self, root: str = "", cuhk03_labeled: bool = False, **kwargs) -> None:
+        self.root = os.path.abspath(os.path.expanduser(root))
+        check_dataset_layout(self.name, self.root)
+        self.dataset_dir = os.path.join(self.root, CUHK03_NP_LAYOUT.folder)
+        self.subset = "labeled" if cuhk03_labeled else "detected"
+        self.data_dir = os.path.join(self.dataset_dir, self.subset)
+        why = f" (cuhk03.labeled_images is {bool(cuhk03_labeled)}, so the {self.subset} subset is read)"
+        train, query, gallery = _read_splits(self.name, CUHK03_NP_LAYOUT, self.root, self.data_dir,
+                                             ".png", num_cameras=2, why=why)
+        super().__init__(train, query, gallery, **kwargs)
+
+
+EXTRA_DATASETS: Dict[str, Type[reid_data.ImageDataset]] = {"msmt17_folder": MSMT17Folder, "cuhk03_np": CUHK03NP}
+
+register_layout("msmt17_folder", MSMT17_FOLDER_LAYOUT)
+register_layout("cuhk03_np", CUHK03_NP_LAYOUT)
+
+__all__ = ["CUHK03NP", "CUHK03_NP_LAYOUT", "EXTRA_DATASETS", "MSMT17Folder", "MSMT17_FOLDER_LAYOUT",
+           "read_market_style_dir"]

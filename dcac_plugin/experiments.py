@@ -1,0 +1,336 @@
+"""Run lists of experiment configs one after another and set the results beside the paper's.
+
+Reproducing the paper's tables takes dozens of long runs; machines get preempted and runs
+crash. A run list is therefore meant to be started again as it is: finished runs are
+skipped, interrupted ones resume from their last checkpoint, and every start ends with the
+same two tables (``results.md``, ``results.csv``) of what has finished so far, each row
+next to the paper's number for the same variant and setting (``paper_results.csv``) and
+the difference.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import os.path as osp
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .checkpoint import atomic_write
+from .config import ConfigError, build_config
+from .distributed import launched_info
+from .protocols import domain, paper_variant, setting_name
+
+PAPER_RESULTS = osp.join(osp.dirname(osp.abspath(__file__)), "paper_results.csv")
+RUN_LIST_SUFFIXES = (".txt",)
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+TABLE_COLUMNS = ("config", "run", "status", "setting", "variant", "sources", "target", "mAP", "rank1",
+                 "paper_mAP", "paper_rank1", "delta_mAP", "delta_rank1", "paper_tables")
+
+
+# ----------------------------------------------------------------------------- run lists
+
+def read_run_list(path: str) -> List[str]:
+    """The config paths a run list names, one a line, relative to the list's folder
+    (``#`` starts a comment; blank lines are skipped)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"Run list not found: {path}") from None
+    folder = osp.dirname(path)
+    configs = []
+    for number, line in enumerate(lines, 1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        config = osp.normpath(osp.join(folder, entry))
+        if not osp.isfile(config):
+            raise ConfigError(f"{path}, line {number}: config file not found: {config}")
+        configs.append(config)
+    return configs
+
+
+def run_dir(out_dir: str, config_path: str) -> str:
+    """Where a config's run lives: ``<out_dir>/<config file stem>``."""
+    return osp.join(out_dir, osp.splitext(osp.basename(config_path))[0])
+
+
+def _unique_runs(configs: Sequence[str]) -> List[str]:
+    """The configs once each; two different files with one stem would share a run folder."""
+    by_stem: Dict[str, str] = {}
+    for config in configs:
+        stem = osp.basename(run_dir("", config))
+        seen = by_stem.setdefault(stem, config)
+        if osp.abspath(seen) != osp.abspath(config):
+            raise ConfigError(f"Configs {seen} and {config} would share the run folder {stem!r}; rename one.")
+    return list(by_stem.values())
+
+
+# --------------------------------------------------------------------------- run status
+
+def _read_summary(save_dir: str) -> Optional[dict]:
+    """The launcher's results.json, or None when absent or unreadable (a crash mid-write)."""
+    try:
+        with open(osp.join(save_dir, "results.json"), encoding="utf-8") as handle:
+            summary = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def _complete(summary: dict) -> bool:
+    targets, results = summary.get("targets"), summary.get("results")
+    if not targets or not isinstance(results, dict):
+        return False
+    return all(isinstance(results.get(t), dict) and "mAP" in results[t] and "rank1" in results[t] for t in targets)
+
+
+def run_status(save_dir: str) -> str:
+    """``done`` (results for every target), ``interrupted`` (a checkpoint, no complete
+    results) or ``new``."""
+    summary = _read_summary(save_dir)
+    if summary is not None and _complete(summary):
+        return "done"
+    if osp.isfile(osp.join(save_dir, "model", "latest.pth.tar")):
+        return "interrupted"
+    return "new"
+
+
+# ------------------------------------------------------------------------------ running
+
+def run_experiments(configs: Sequence[str], out_dir: str, opts: Sequence[str] = (), keep_going: bool = False,
+                    runner: Optional[Callable[[Any], Any]] = None) -> List[dict]:
+    """Run ``configs`` one after another, each in ``run_dir(out_dir, config)``: done runs
+    are skipped, interrupted ones resumed. ``opts`` (KEY VALUE pairs) apply to every run.
+
+    Returns one record per run: config, save_dir, status (before this call), action
+    (skipped | ran | resumed | failed) and error. The result tables are written at the
+    end, also when a run fails and the exception is passed on.
+    """
+    if runner is None:
+        from .launcher import run as runner
+    configs = _unique_runs(configs)
+    records: List[dict] = []
+    try:
+        for index, config in enumerate(configs, 1):
+            save_dir = run_dir(out_dir, config)
+            status = run_status(save_dir)
+            print(f"\n[{index}/{len(configs)}] {config} -> {save_dir} ({status})", flush=True)
+            record = {"config": config, "save_dir": save_dir, "status": status, "action": "skipped", "error": ""}
+            records.append(record)
+            if status == "done":
+                print("skip (done)", flush=True)
+                continue
+            run_opts = list(opts) + ["data.save_dir", save_dir]
+            if status == "interrupted":
+                run_opts += ["model.resume", save_dir]
+            record["action"] = "resumed" if status == "interrupted" else "ran"
+            try:
+                runner(build_config(config, run_opts))
+            except Exception as err:
+                record["action"], record["error"] = "failed", f"{type(err).__name__}: {err}"
+                if not keep_going:
+                    raise
+                print(f"[{index}/{len(configs)}] failed, going on: {record['error']}", flush=True)
+    finally:
+        # Under torchrun every rank runs the list; one writes the tables.
+        if launched_info().is_main:
+            write_tables(collect(configs, out_dir, opts), out_dir)
+    return records
+
+
+# ------------------------------------------------------------------------ paper numbers
+
+def load_paper_results(path: str = PAPER_RESULTS) -> List[dict]:
+    """The paper's numbers for its baseline and DCAC rows (Tables 2-5, 7, 9, 10)."""
+    with open(path, encoding="utf-8", newline="") as handle:
+        return [{"table": int(row["table"]), "variant": row["variant"], "sources": row["sources"].split("+"),
+                 "target": row["target"], "mAP": float(row["mAP"]), "rank1": float(row["rank1"])}
+                for row in csv.DictReader(handle)]
+
+
+def _paper_key(variant: str, sources: Sequence[str], target: str) -> tuple:
+    # Registered layouts of one dataset (msmt17_folder, cuhk03_np) count as the same
+    # dataset, and the order sources are listed in does not change the setting.
+    return variant, tuple(sorted(domain(s) for s in sources)), domain(target)
+
+
+def _paper_index(rows: Sequence[dict]) -> Dict[tuple, dict]:
+    """One entry per (variant, sources, target); the tables that print it repeat its numbers."""
+    index: Dict[tuple, dict] = {}
+    for row in rows:
+        entry = index.setdefault(_paper_key(row["variant"], row["sources"], row["target"]),
+                                 {"mAP": row["mAP"], "rank1": row["rank1"], "tables": []})
+        entry["tables"].append(row["table"])
+    return index
+
+
+# ----------------------------------------------------------------------------- results
+
+def collect(configs: Sequence[str], out_dir: str, opts: Sequence[str] = ()) -> List[dict]:
+    """One row per (run, target): our mAP and Rank-1 (percent) from the run's results.json,
+    the paper's for the same variant and setting, and the differences (ours - paper).
+
+    Runs that are not done get rows without our numbers, with their status. ``opts`` are
+    the overrides the runs were started with (they can change the variant).
+    """
+    paper = _paper_index(load_paper_results())
+    rows = []
+    for config in _unique_runs(configs):
+        save_dir = run_dir(out_dir, config)
+        status = run_status(save_dir)
+        base = {column: None for column in TABLE_COLUMNS}
+        base.update(config=config, run=osp.basename(save_dir), status=status)
+        try:
+            cfg = build_config(config, list(opts))
+        except ConfigError as err:
+            rows.append({**base, "status": f"bad config: {err}"})
+            continue
+        # What was run is in results.json; the config is the fallback for runs not done.
+        summary = _read_summary(save_dir) if status == "done" else None
+        sources = summary["sources"] if summary else list(cfg.data.sources)
+        targets = summary["targets"] if summary else list(cfg.data.targets)
+        variant = paper_variant(cfg)
+        for target in targets:
+            row = {**base, "setting": setting_name(sources, target), "variant": variant,
+                   "sources": "+".join(sources), "target": target}
+            if summary:
+                metrics = summary["results"][target]
+                row.update(mAP=100 * metrics["mAP"], rank1=100 * metrics["rank1"])
+            reference = paper.get(_paper_key(variant, sources, target))
+            if reference:
+                row.update(paper_mAP=reference["mAP"], paper_rank1=reference["rank1"],
+                           paper_tables=",".join(str(t) for t in reference["tables"]))
+                if summary:
+                    row.update(delta_mAP=row["mAP"] - reference["mAP"],
+                               delta_rank1=row["rank1"] - reference["rank1"])
+            rows.append(row)
+    return rows
+
+
+def _number(value: Optional[float], digits: int, missing: str, signed: bool = False) -> str:
+    if value is None:
+        return missing
+    text = f"{value:{'+' if signed else ''}.{digits}f}"
+    # A difference that rounds to zero reads +0.0, not -0.0.
+    return text.replace("-", "+") if signed and float(text) == 0 else text
+
+
+def format_markdown(rows: Sequence[dict]) -> str:
+    """The Markdown table of ``collect``'s rows; '-' where a number is missing."""
+    lines = ["| config | setting | variant | mAP | R1 | paper mAP | paper R1 | ΔmAP | ΔR1 | status |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        cells = [row["run"], row["setting"] or "-", row["variant"] or "-",
+                 _number(row["mAP"], 1, "-"), _number(row["rank1"], 1, "-"),
+                 _number(row["paper_mAP"], 1, "-"), _number(row["paper_rank1"], 1, "-"),
+                 _number(row["delta_mAP"], 1, "-", signed=True), _number(row["delta_rank1"], 1, "-", signed=True),
+                 row["status"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_csv(rows: Sequence[dict]) -> str:
+    """``collect``'s rows as CSV; empty cells where a number is missing."""
+    digits = {"mAP": 2, "rank1": 2, "paper_mAP": 1, "paper_rank1": 1, "delta_mAP": 2, "delta_rank1": 2}
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(TABLE_COLUMNS)
+    for row in rows:
+        writer.writerow([_number(row[c], digits[c], "", signed=c.startswith("delta")) if c in digits
+                         else (row[c] if row[c] is not None else "") for c in TABLE_COLUMNS])
+    return buffer.getvalue()
+
+
+def write_tables(rows: Sequence[dict], out_dir: str) -> Tuple[str, str]:
+    """``results.md`` and ``results.csv`` in ``out_dir``, each replaced atomically so a
+    reader never sees half a table."""
+    paths = []
+    for name, text in (("results.md", format_markdown(rows)), ("results.csv", format_csv(rows))):
+        path = osp.join(out_dir, name)
+        atomic_write(path, lambda handle, text=text: handle.write(text.encode("utf-8")))
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+# --------------------------------------------------------------------------------- CLI
+
+def add_experiments_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    """The ``experiments`` sub-command of ``dcac``."""
+    parser = subparsers.add_parser(
+        "experiments", help="run lists of configs one after another (skip done runs, resume interrupted ones) "
+                            "and tabulate the results beside the paper's",
+        description="Options go before the run lists; KEY VALUE overrides for every run go after them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("lists_or_configs", nargs="+",
+                        help="run lists (.txt: one config path a line, relative to the list), configs (.yaml), or the "
+                             "name of a shipped list of the paper's runs: table2 table3 table4 table5 table7 "
+                             "table9 table10")
+    parser.add_argument("--out", default=osp.join("log", "experiments"),
+                        help="each run goes to <out>/<config stem>; results.md and results.csv go here")
+    parser.add_argument("--root", default="", help="data root for every run (data.root)")
+    parser.add_argument("--keep-going", action="store_true", help="record a failed run and go on with the next")
+    parser.add_argument("--collect-only", action="store_true", help="no training: only write and print the tables")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides applied to every run")
+    parser.set_defaults(func=cmd_experiments)
+    return parser
+
+
+def packaged_run_lists() -> Dict[str, str]:
+    """{'table2': path, ...}: the run lists shipped for each table of the paper, by name."""
+    folder = osp.join(osp.dirname(osp.abspath(__file__)), "configs", "paper", "lists")
+    return {osp.splitext(name)[0]: osp.join(folder, name) for name in sorted(os.listdir(folder))
+            if name.endswith(".txt")} if osp.isdir(folder) else {}
+
+
+def _runs_and_opts(items: Sequence[str], opts: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """Config paths from the positional items, and the KEY VALUE pairs.
+
+    argparse gives every positional word to ``lists_or_configs``; the run lists and
+    configs are the leading ones with their suffixes, the rest are KEY VALUE pairs.
+    """
+    configs: List[str] = []
+    for position, item in enumerate(items):
+        if item.endswith(RUN_LIST_SUFFIXES):
+            configs.extend(read_run_list(item))
+        elif item in packaged_run_lists():
+            configs.extend(read_run_list(packaged_run_lists()[item]))
+        elif item.endswith(CONFIG_SUFFIXES):
+            if not osp.isfile(item):
+                raise ConfigError(f"Config file not found: {item}")
+            configs.append(item)
+        else:
+            opts = list(items[position:]) + list(opts)
+            break
+    if not configs:
+        raise ConfigError("Name at least one run list (.txt) or config (.yaml) before the KEY VALUE overrides.")
+    if opts and opts[0].startswith("-"):
+        raise ConfigError(f"Option {opts[0]} after the run lists; options go before them "
+                          "(dcac experiments [options] LIST_OR_CONFIG ... [KEY VALUE ...]).")
+    return configs, list(opts)
+
+
+def cmd_experiments(args: argparse.Namespace) -> int:
+    """Run (or with --collect-only just tabulate) the runs; print the Markdown table.
+    Exit status 1 when a run failed under --keep-going."""
+    configs, opts = _runs_and_opts(args.lists_or_configs, args.opts or [])
+    if args.root:
+        opts = ["data.root", args.root] + opts
+    records: List[dict] = []
+    if args.collect_only:
+        write_tables(collect(configs, args.out, opts), args.out)
+    else:
+        records = run_experiments(configs, args.out, opts, keep_going=args.keep_going)
+    if not launched_info().is_main:
+        return 0
+    with open(osp.join(args.out, "results.md"), encoding="utf-8") as handle:
+        print("\n" + handle.read(), end="")
+    print(f"Runs under {args.out}/; tables in {osp.join(args.out, 'results.md')} and results.csv")
+    failed = [record for record in records if record["action"] == "failed"]
+    for record in failed:
+        print(f"failed: {record['config']}: {record['error']}", file=sys.stderr)
+    return 1 if failed else 0

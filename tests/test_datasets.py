@@ -1,0 +1,189 @@
+"""The paper's datasets in each layout users hold them in, loaded through torchreid's own
+ImageDataManager: torchreid's layouts (Market-1501, DukeMTMC-reID, MSMT17 with list files,
+CUHK03 from the .mat release) and the DCAC authors' folders (``msmt17_folder``, ``cuhk03_np``).
+
+Each case writes a tiny dataset in the real on-disk layout (``dataset_writers``) and checks that
+exactly the written images come back in each split: training pids relabelled to 0..N-1, query and
+gallery pids as written, 0-based cameras, junk and validation images left out; and, for several
+sources, torchreid's per-source offsets of pids and cameras over the training splits only.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import pytest
+from torchreid import data as reid_data
+
+from dataset_writers import (
+    Expected,
+    write_cuhk03_mat,
+    write_cuhk03_np,
+    write_dukemtmcreid,
+    write_market1501,
+    write_msmt17_folder,
+    write_msmt17_lists,
+)
+from dcac_plugin.data.datasets import EXTRA_DATASETS
+from dcac_plugin.data.layouts import DatasetLayoutError, check_dataset_layout
+from dcac_plugin.protocols import SAME_DOMAIN
+from dcac_plugin.registration import image_dataset_table, register_all
+
+# case: (registered name, writer, torchreid kwargs,
+#        (train ids, train images, train cameras, query images, gallery images))
+CASES: Dict[str, Tuple[str, Callable[[Path], Expected], dict, Tuple[int, int, int, int, int]]] = {
+    "market1501": ("market1501", write_market1501, {}, (4, 8, 6, 2, 4)),
+    "dukemtmcreid": ("dukemtmcreid", write_dukemtmcreid, {}, (3, 9, 8, 2, 3)),
+    "msmt17-V1": ("msmt17", lambda root: write_msmt17_lists(root, "V1"), {}, (3, 15, 15, 2, 3)),
+    "msmt17-V2": ("msmt17", lambda root: write_msmt17_lists(root, "V2"), {}, (3, 15, 15, 2, 3)),
+    "cuhk03-detected": ("cuhk03", lambda root: write_cuhk03_mat(root)["detected"], {}, (4, 16, 2, 4, 4)),
+    "cuhk03-labeled": ("cuhk03", lambda root: write_cuhk03_mat(root)["labeled"], {"cuhk03_labeled": True},
+                       (4, 24, 2, 4, 8)),
+    "msmt17_folder": ("msmt17_folder", write_msmt17_folder, {}, (4, 16, 15, 2, 3)),
+    "cuhk03_np-detected": ("cuhk03_np", lambda root: write_cuhk03_np(root)["detected"], {}, (3, 6, 2, 2, 2)),
+    "cuhk03_np-labeled": ("cuhk03_np", lambda root: write_cuhk03_np(root)["labeled"], {"cuhk03_labeled": True},
+                          (3, 9, 2, 2, 3)),
+}
+
+
+def load(root: Path, sources: Sequence[str], **kwargs) -> reid_data.ImageDataManager:
+    """torchreid's ImageDataManager over ``root``, small and on the CPU."""
+    return reid_data.ImageDataManager(root=str(root), sources=list(sources), targets=list(sources), height=32,
+                                      width=16, workers=0, batch_size_train=4, batch_size_test=4, use_gpu=False,
+                                      **kwargs)
+
+
+def as_loaded(items: List[Tuple[str, int, int]], dsetid: int = 0) -> List[tuple]:
+    """Written (path, pid, camid) as torchreid lists them, with the dataset index it appends."""
+    return sorted((path, pid, camid, dsetid) for path, pid, camid in items)
+
+
+def assert_relabelled(train: List[tuple], written: List[Tuple[str, int, int]], pid_offset: int = 0,
+                      cam_offset: int = 0, dsetid: int = 0) -> None:
+    """``train`` holds exactly the ``written`` images, with cameras shifted by ``cam_offset`` and
+    the written pids mapped one-to-one onto ``pid_offset`` .. ``pid_offset`` + N - 1."""
+    by_path = {path: (pid, camid) for path, pid, camid in written}
+    assert sorted(item[0] for item in train) == sorted(by_path)
+    label_of: Dict[int, int] = {}
+    for path, pid, camid, item_dsetid in train:
+        written_pid, written_camid = by_path[path]
+        assert (camid, item_dsetid) == (written_camid + cam_offset, dsetid)
+        assert label_of.setdefault(written_pid, pid) == pid, f"written pid {written_pid} got two labels"
+    assert sorted(label_of.values()) == list(range(pid_offset, pid_offset + len(label_of)))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_layout_loads_through_torchreid(tmp_path, case):
+    name, write, kwargs, counts = CASES[case]
+    root = tmp_path / "data"
+    expected = write(root)
+    check_dataset_layout(name, str(root))
+    manager = load(root, [name], **kwargs)
+
+    train = manager.train_loader.dataset.train
+    query, gallery = manager.test_dataset[name]["query"], manager.test_dataset[name]["gallery"]
+    assert (manager.num_train_pids, len(train), manager.num_train_cams, len(query), len(gallery)) == counts
+    assert (expected.train_ids, len(expected.train), expected.train_cameras, len(expected.query),
+            len(expected.gallery)) == counts
+    assert_relabelled(train, expected.train)
+    assert sorted(query) == as_loaded(expected.query)  # pids not relabelled
+    assert sorted(gallery) == as_loaded(expected.gallery)
+    listed = {item[0] for item in train + query + gallery}
+    assert listed.isdisjoint(expected.excluded)
+    # The listed files are real images that torchreid's loaders read.
+    assert next(iter(manager.train_loader))["img"].shape == (4, 3, 32, 16)
+    assert next(iter(manager.test_loader[name]["gallery"]))["img"].shape[1:] == (3, 32, 16)
+
+
+def test_multi_source_offsets_identities_and_cameras_over_training_splits_only(tmp_path):
+    root = tmp_path / "data"
+    sources = ["market1501", "msmt17_folder", "cuhk03_np"]
+    written = [write_market1501(root), write_msmt17_folder(root), write_cuhk03_np(root)["detected"]]
+    manager = load(root, sources)
+
+    train = manager.train_loader.dataset.train
+    assert manager.num_train_pids == 4 + 4 + 3 == sum(w.train_ids for w in written)
+    assert manager.num_train_cams == 6 + 15 + 2 == sum(w.train_cameras for w in written)
+    assert len(train) == 8 + 16 + 6
+    pid_offset = cam_offset = 0
+    for dsetid, source in enumerate(written):
+        assert_relabelled([item for item in train if item[3] == dsetid], source.train, pid_offset, cam_offset, dsetid)
+        pid_offset += source.train_ids
+        cam_offset += source.train_cameras
+    not_for_training = {path for w in written for path in
+                        [p for p, _, _ in w.query + w.gallery] + w.excluded}
+    assert {item[0] for item in train}.isdisjoint(not_for_training)
+    # Each target is still evaluated on its own, unshifted query and gallery.
+    for name, source in zip(sources, written):
+        assert sorted(manager.test_dataset[name]["query"]) == as_loaded(source.query)
+        assert sorted(manager.test_dataset[name]["gallery"]) == as_loaded(source.gallery)
+
+
+@pytest.mark.parametrize("name,write,data_dir", [("msmt17_folder", write_msmt17_folder, "MSMT17"),
+                                                 ("cuhk03_np", write_cuhk03_np, os.path.join("cuhk03-np", "detected"))])
+def test_missing_gallery_folder_names_the_path(tmp_path, name, write, data_dir):
+    root = tmp_path / "data"
+    write(root)
+    shutil.rmtree(root / data_dir / "bounding_box_test")
+    missing = os.path.join(str(root), data_dir, "bounding_box_test")
+    with pytest.raises(DatasetLayoutError) as caught:
+        check_dataset_layout(name, str(root))
+    assert (caught.value.dataset, caught.value.missing, caught.value.root) == (name, missing, str(root))
+    assert f"{missing} does not exist" in str(caught.value)
+    assert "bounding_box_train/" in str(caught.value)  # the expected tree
+    # Built by torchreid directly (without the pre-flight check) it fails the same way.
+    with pytest.raises(DatasetLayoutError) as caught:
+        load(root, [name])
+    assert caught.value.missing == missing
+
+
+@pytest.mark.parametrize("name", list(EXTRA_DATASETS))
+def test_missing_dataset_is_not_downloaded(tmp_path, name):
+    with pytest.raises(DatasetLayoutError, match="is not in the data root"):
+        load(tmp_path, [name])
+    assert os.listdir(tmp_path) == []
+
+
+def test_cuhk03_np_with_the_detected_subset_only(tmp_path):
+    expected = write_cuhk03_np(tmp_path, subsets=("detected",))["detected"]
+    assert sorted(os.listdir(tmp_path / "cuhk03-np")) == ["detected"]
+    check_dataset_layout("cuhk03_np", str(tmp_path))
+    manager = load(tmp_path, ["cuhk03_np"])
+    assert_relabelled(manager.train_loader.dataset.train, expected.train)
+
+    with pytest.raises(DatasetLayoutError) as caught:
+        load(tmp_path, ["cuhk03_np"], cuhk03_labeled=True)
+    assert caught.value.missing == os.path.join(str(tmp_path), "cuhk03-np", "labeled")
+    assert "cuhk03.labeled_images is True" in str(caught.value)
+
+
+def test_unparsable_names_and_cameras_are_named(tmp_path):
+    write_msmt17_folder(tmp_path)
+    train_dir = tmp_path / "MSMT17" / "bounding_box_train"
+    shutil.copy(next(train_dir.iterdir()), train_dir / "0005_c16_0001.jpg")  # MSMT17 has c1..c15
+    with pytest.raises(ValueError, match="0005_c16_0001.jpg: camera c16 is outside c1..c15"):
+        load(tmp_path, ["msmt17_folder"])
+    os.remove(train_dir / "0005_c16_0001.jpg")
+    shutil.copy(next(train_dir.iterdir()), train_dir / "IMG_0001.jpg")
+    with pytest.raises(ValueError, match="IMG_0001.jpg: the file name does not start with <pid>_c<camera>"):
+        load(tmp_path, ["msmt17_folder"])
+
+
+def test_folder_without_images_of_the_format_is_named(tmp_path):
+    write_cuhk03_np(tmp_path, subsets=("detected",))
+    query = tmp_path / "cuhk03-np" / "detected" / "query"
+    for png in query.iterdir():
+        png.rename(png.with_suffix(".jpg"))  # the release is png; jpg files are not read
+    with pytest.raises(DatasetLayoutError, match=r"has no usable \*\.png images in .*query"):
+        load(tmp_path, ["cuhk03_np"])
+
+
+def test_registration_is_idempotent_and_names_the_paper_domains():
+    register_all()
+    register_all()
+    table = image_dataset_table()
+    for name, cls in EXTRA_DATASETS.items():
+        assert table[name] is cls
+        assert name in SAME_DOMAIN
