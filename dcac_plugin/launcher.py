@@ -19,7 +19,7 @@ from torchreid import models as reid_models
 from torchreid import utils as reid_utils
 
 from . import distributed
-from .checkpoint import (CheckpointError, check_same_identities, export_encoder, load_checkpoint, load_model_weights,
+from .checkpoint import (CheckpointError, atomic_write, check_same_identities, export_encoder, load_checkpoint, load_model_weights,
                          model_state_dict)
 from .config import ConfigError, device_kwargs, engine_run_kwargs, imagedata_kwargs
 from .data.layouts import check_datasets
@@ -282,6 +282,9 @@ def run(cfg: CN) -> Dict[str, Any]:
     check_config(cfg)
     with run_output(cfg):
         print(f"Show configuration\n{cfg}\n")
+        if distributed.launched_info().is_main:
+            # What `dcac extract / export / visualize` rebuild the model from.
+            atomic_write(osp.join(cfg.data.save_dir, "config.yaml"), lambda handle: handle.write(cfg.dump().encode()))
         prepared = prepare(cfg)
         prepared.engine.run(**prepared.run_kwargs)
         summary = {"engine": cfg.engine, "model": cfg.model.name, "sources": list(cfg.data.sources),

@@ -157,7 +157,12 @@ class RunRecordMixin:
         return self._record(dataset_name, float(result.cmc[0]), float(result.mAP), mINP=float(result.mINP))
 
     def _record(self, dataset_name: str, rank1: float, mAP: float, **extra: float) -> tuple:
-        self.results[dataset_name] = {"rank1": rank1, "mAP": mAP, **extra, "epoch": int(self.epoch) + 1}
+        epoch = int(self.epoch) + 1
+        self.results[dataset_name] = {"rank1": rank1, "mAP": mAP, **extra, "epoch": epoch}
+        # Beside torchreid's Train/* scalars (every loss term, lr), so curves need only the event file.
+        if self.writer is not None:
+            for name, value in {"rank1": rank1, "mAP": mAP, **extra}.items():
+                self.writer.add_scalar(f"Test/{dataset_name}/{name}", value, epoch)
         return rank1, mAP
 
     # ---------------------------------------------------------------- checkpoints

@@ -1,0 +1,88 @@
+"""A trained Re-ID model back from a run: what extraction, export and visualisation start from.
+
+A run directory holds ``config.yaml`` (written by every run), ``encoder.safetensors`` (the
+test-time encoder) and ``model/{best,latest}.pth.tar``. A checkpoint file alone needs the
+config it was trained with (``config_file``) or sits in a run directory's ``model/`` folder.
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+from typing import Optional, Sequence, Tuple
+
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from .checkpoint import CheckpointError, load_checkpoint, load_encoder, load_model_weights, model_state_dict
+from .config import build_config
+
+
+def find_run_config(source: str) -> Optional[str]:
+    """``config.yaml`` of the run a directory or checkpoint belongs to, if there is one."""
+    folder = source if osp.isdir(source) else osp.dirname(osp.abspath(source))
+    for candidate in (osp.join(folder, "config.yaml"), osp.join(osp.dirname(folder), "config.yaml")):
+        if osp.isfile(candidate):
+            return candidate
+    return None
+
+
+def find_weights(source: str) -> str:
+    """The weights a run directory stands for: its encoder export, else its best, else its latest checkpoint."""
+    if not osp.isdir(source):
+        if not osp.isfile(source):
+            raise CheckpointError(f"No checkpoint or run directory at {source}.")
+        return source
+    for candidate in ("encoder.safetensors", osp.join("model", "best.pth.tar"), osp.join("model", "latest.pth.tar")):
+        path = osp.join(source, candidate)
+        if osp.isfile(path):
+            return path
+    raise CheckpointError(f"Run directory {source} has no encoder.safetensors and no model/best.pth.tar or "
+                          "model/latest.pth.tar; name a checkpoint file instead.")
+
+
+def _num_classes(weights_path: str) -> int:
+    if weights_path.endswith(".safetensors"):
+        return 1  # the encoder export has no classifier; any size fits
+    classifier = model_state_dict(load_checkpoint(weights_path)).get("classifier.weight")
+    return int(classifier.shape[0]) if classifier is not None else 1
+
+
+def load_trained_model(source: str, config_file: Optional[str] = None,
+                       opts: Sequence[str] = ()) -> Tuple[nn.Module, CN, str]:
+    """(model in eval mode on CPU, its config, the weights file used) from a run directory or checkpoint.
+
+    The architecture comes from the run's config (``model.name``, ``data.height/width``);
+    pretrained weights are never downloaded, the trained ones replace them.
+    """
+    from .launcher import build_model  # the launcher imports the engines; keep this module light
+
+    config_file = config_file or find_run_config(source)
+    if config_file is None:
+        raise CheckpointError(f"No config.yaml found for {source}: pass the config the model was trained with "
+                              "(--config-file).")
+    cfg = build_config(config_file, list(opts) + ["model.pretrained", "False", "model.load_weights", "",
+                                                  "model.resume", ""])
+    weights = find_weights(source)
+    model = build_model(cfg, _num_classes(weights), "softmax", use_gpu=False)
+    if weights.endswith(".safetensors"):
+        load_encoder(model, weights)
+    else:
+        load_model_weights(model, weights)
+    return model.eval(), cfg, weights
+
+
+def image_paths(source: str, extensions: Tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")) -> list:
+    """Images of a folder (recursively, sorted) or of a text file listing one path per line."""
+    if osp.isdir(source):
+        found = [osp.join(folder, name) for folder, _, names in os.walk(source) for name in names
+                 if name.lower().endswith(extensions)]
+        return sorted(found)
+    if osp.isfile(source):
+        base = osp.dirname(osp.abspath(source))
+        with open(source, encoding="utf-8") as handle:
+            lines = [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+        return [line if osp.isabs(line) else osp.join(base, line) for line in lines]
+    raise FileNotFoundError(f"No image folder or list file at {source}.")
+
+
+__all__ = ["find_run_config", "find_weights", "image_paths", "load_trained_model"]
