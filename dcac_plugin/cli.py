@@ -149,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     from .experiments import add_experiments_parser
+    from .visualize.cli import add_visualize_parser
 
     add_experiments_parser(sub)
+    add_visualize_parser(sub)
 
     demo = sub.add_parser("demo", help="the embedded synthetic demo: train on synthetic_a, test on synthetic_b, "
                                        "with tiny random-init models on CPU",

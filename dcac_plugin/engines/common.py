@@ -95,9 +95,15 @@ class RunRecordMixin:
     def test(self, *args, **kwargs):
         """torchreid's test on rank 0 (the others wait), leaving the RNG streams untouched."""
         rank1 = 0.0
-        with preserved_rng():
-            if distributed.is_main_process():
-                rank1 = super().test(*args, **kwargs)
+        # torchreid's test logs Test/<dataset>/{rank1,mAP} at the 0-based epoch; our _record logs
+        # them (and mINP) at the 1-based epoch of the checkpoints: hide the writer from torchreid.
+        self._metrics_writer, self.writer = self.writer, None
+        try:
+            with preserved_rng():
+                if distributed.is_main_process():
+                    rank1 = super().test(*args, **kwargs)
+        finally:
+            self.writer = self._metrics_writer
         distributed.barrier()
         return rank1
 
@@ -160,9 +166,10 @@ class RunRecordMixin:
         epoch = int(self.epoch) + 1
         self.results[dataset_name] = {"rank1": rank1, "mAP": mAP, **extra, "epoch": epoch}
         # Beside torchreid's Train/* scalars (every loss term, lr), so curves need only the event file.
-        if self.writer is not None:
+        writer = self.__dict__.get("_metrics_writer")
+        if writer is not None:
             for name, value in {"rank1": rank1, "mAP": mAP, **extra}.items():
-                self.writer.add_scalar(f"Test/{dataset_name}/{name}", value, epoch)
+                writer.add_scalar(f"Test/{dataset_name}/{name}", value, epoch)
         return rank1, mAP
 
     # ---------------------------------------------------------------- checkpoints

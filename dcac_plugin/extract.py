@@ -1,0 +1,154 @@
+"""Re-ID features of arbitrary images from a trained run: ``dcac extract``.
+
+Evaluation inside a run only covers registered datasets; retrieval on new footage, or
+indexing a gallery once and querying it many times, needs the features themselves. They
+are written as safetensors (tensors only, so reading a file from elsewhere runs no code)
+with the image paths in the metadata, so rows can be traced back to their images.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+from yacs.config import CfgNode as CN
+
+from .checkpoint import CheckpointError, atomic_write
+from .data.images import read_image_checked
+from .data.transforms import build_reid_transforms
+from .export import InferenceEncoder
+
+
+class _ImageFiles(Dataset):
+    """Transformed images of ``paths``, in order; unreadable files raise ImageReadError with the path."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(read_image_checked(self.paths[index]))
+
+
+def eval_transform(cfg: CN) -> Callable:
+    """The test-time transform the run was evaluated with (resize, to tensor, normalise)."""
+    # No train augmentations are needed here; passing none also keeps this independent of them.
+    _, test = build_reid_transforms(cfg.data.height, cfg.data.width, (), cfg.data.norm_mean, cfg.data.norm_std,
+                                    interpolation=cfg.dcac.resize_interpolation)
+    return test
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, paths: Sequence[str], transform: Callable, batch_size: int = 64,
+                     flip: bool = False, device: str = "cpu", workers: int = 0) -> torch.Tensor:
+    """L2-normalised features [N, D] of the images at ``paths``, row i for ``paths[i]``, on the CPU.
+
+    ``model`` is run through :class:`~dcac_plugin.export.InferenceEncoder`, the same contract
+    as the exported files, so extracted and deployed features agree.
+
+    ``flip`` averages each image's feature with that of its horizontal mirror and
+    re-normalises (the usual Re-ID test-time augmentation). The mirror is taken of the
+    transformed tensor: normalisation is per channel, so this equals mirroring the image.
+    """
+    if not paths:
+        raise ValueError("No images to extract features from.")
+    encoder = InferenceEncoder(model).to(device)
+    loader = DataLoader(_ImageFiles(paths, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=str(device).startswith("cuda"))
+    chunks: List[torch.Tensor] = []
+    for images in tqdm(loader, desc="Extracting features", unit="batch"):
+        images = images.to(device, non_blocking=True)
+        features = encoder(images)
+        if flip:
+            features = F.normalize(features + encoder(torch.flip(images, dims=[3])), dim=1)
+        chunks.append(features.float().cpu())
+    return torch.cat(chunks)
+
+
+def save_features(path: str, features: torch.Tensor, paths: Sequence[str], meta: Dict[str, object]) -> str:
+    """Write ``features`` with their image ``paths`` (metadata key "paths", JSON) and ``meta``, atomically.
+
+    safetensors metadata holds strings only: values of ``meta`` that are not strings are
+    stored as JSON.
+    """
+    from safetensors.torch import save
+
+    if features.shape[0] != len(paths):
+        raise ValueError(f"{features.shape[0]} feature rows for {len(paths)} image paths.")
+    metadata = {key: value if isinstance(value, str) else json.dumps(value) for key, value in meta.items()}
+    metadata["paths"] = json.dumps(list(paths))
+    payload = save({"features": features.detach().cpu().contiguous()}, metadata=metadata)
+    return atomic_write(path, lambda handle: handle.write(payload))
+
+
+def load_features(path: str) -> Tuple[torch.Tensor, List[str]]:
+    """(features [N, D], image paths) from a :func:`save_features` file."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        if "features" not in handle.keys() or "paths" not in metadata:
+            raise ValueError(f"{path} is not a features file written by `dcac extract`.")
+        return handle.get_tensor("features"), json.loads(metadata["paths"])
+
+
+def load_run(source: str, config_file: Optional[str] = None) -> Tuple[nn.Module, CN, str]:
+    """:func:`~dcac_plugin.inference.load_trained_model`, with a missing ``source`` named as such
+    (otherwise it surfaces as a missing config.yaml, which points at the wrong fix)."""
+    from .inference import load_trained_model
+
+    if not os.path.exists(source):
+        raise CheckpointError(f"No run directory or checkpoint at {source}.")
+    return load_trained_model(source, config_file)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_extract_parser(subparsers) -> argparse.ArgumentParser:
+    """The ``extract`` sub-command on ``subparsers`` (from ``add_subparsers``)."""
+    parser = subparsers.add_parser("extract", help="features of a folder or list of images, from a trained run",
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("run", help="run directory (config.yaml + encoder.safetensors or model/) or checkpoint file")
+    parser.add_argument("images", help="image folder (searched recursively) or text file with one path per line")
+    parser.add_argument("--output", default="features.safetensors", help="features file to write")
+    parser.add_argument("--config-file", default=None, help="config the model was trained with "
+                                                            "(default: the run's config.yaml)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
+    parser.add_argument("--device", default=default_device())
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.set_defaults(func=cmd_extract)
+    return parser
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from .inference import image_paths
+
+    model, cfg, weights = load_run(args.run, args.config_file)
+    try:
+        paths = image_paths(args.images)
+    except FileNotFoundError as error:
+        raise SystemExit(f"dcac extract: {error}") from None
+    if not paths:
+        raise SystemExit(f"dcac extract: no images (.jpg, .jpeg, .png, .bmp) in {args.images}.")
+    features = extract_features(model, paths, eval_transform(cfg), batch_size=args.batch_size, flip=args.flip,
+                                device=args.device, workers=args.workers)
+    save_features(args.output, features, paths, {"weights": weights, "model": cfg.model.name, "flip": args.flip,
+                                                 "height": cfg.data.height, "width": cfg.data.width})
+    print(f"Extracted {features.shape[0]} images x {features.shape[1]} dims from {weights} -> {args.output}")
+    return 0
+
+
+__all__ = ["add_extract_parser", "cmd_extract", "extract_features", "load_features", "save_features",
+           "eval_transform", "load_run"]

@@ -1,0 +1,119 @@
+"""GradCAM for the CLIP ViT Re-ID model, as in the paper's Fig. 3.
+
+Fig. 3 asks where the model looks when an image is scored under *another* identity's
+class ("images of ID #27 under ID #28"), so the target is any classifier logit, not the
+predicted one. The logits come from the train-mode path (backbone -> BNNeck ->
+classifier) computed by hand in eval mode, so BatchNorm uses its running statistics and
+the model is left exactly as it was.
+
+The activations are the tokens entering the last transformer block (its ``ln_1``
+output). The block's *output* cannot be used: the image feature is the CLS token of that
+output alone, so the gradient on its patch tokens is zero.
+"""
+from __future__ import annotations
+
+import os
+import os.path as osp
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ..checkpoint import CheckpointError
+
+
+def _target_layer(model: nn.Module) -> nn.Module:
+    return model.backbone.transformer.resblocks[-1].ln_1
+
+
+def _batch_first(model: nn.Module) -> bool:
+    # open_clip before 2.2x ran its transformer sequence-first and had no such attribute.
+    return bool(getattr(model.backbone.transformer, "batch_first", False))
+
+
+def gradcam(model: nn.Module, image_tensor: torch.Tensor, class_index: int) -> np.ndarray:
+    """GradCAM map [H, W] in [0, 1] of one normalised image [1, 3, H, W] for logit ``class_index``."""
+    if image_tensor.dim() != 4 or image_tensor.shape[0] != 1:
+        raise ValueError(f"gradcam takes one image [1, 3, H, W], got shape {tuple(image_tensor.shape)}.")
+    num_classes = model.classifier.out_features
+    if not 0 <= class_index < num_classes:
+        raise ValueError(f"class_index {class_index} is outside the classifier's {num_classes} classes.")
+    grid_h, grid_w = model.backbone.grid_size
+    captured = {}
+    handle = _target_layer(model).register_forward_hook(lambda _m, _i, out: captured.update(tokens=out))
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        # An input that needs a gradient keeps the graph alive even if every weight is frozen.
+        image = image_tensor.detach().to(device).requires_grad_(True)
+        with torch.enable_grad():
+            logits = model.classifier(model.bnneck(model.backbone(image)))
+            tokens = captured["tokens"]
+            grads = torch.autograd.grad(logits[0, class_index], tokens)[0]
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not _batch_first(model):
+        tokens, grads = tokens.transpose(0, 1), grads.transpose(0, 1)
+    # Keep the patch tokens: the CLS (and any register) tokens come first.
+    tokens, grads = tokens[0, -grid_h * grid_w:].detach(), grads[0, -grid_h * grid_w:]
+    weights = grads.mean(dim=0)
+    cam = F.relu(tokens @ weights).reshape(1, 1, grid_h, grid_w)
+    cam = F.interpolate(cam, size=tuple(image_tensor.shape[-2:]), mode="bilinear", align_corners=False)[0, 0]
+    cam = cam - cam.min()
+    peak = cam.max()
+    return (cam / peak if peak > 0 else cam).float().cpu().numpy()
+
+
+def overlay(image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``image_rgb`` (uint8 [H, W, 3]) blended with ``cam`` ([H, W] in [0, 1]) in the jet colormap."""
+    import cv2
+
+    if image_rgb.shape[:2] != cam.shape:
+        raise ValueError(f"Image {image_rgb.shape[:2]} and map {cam.shape} differ in size.")
+    heat = cv2.applyColorMap(np.uint8(np.clip(cam, 0, 1) * 255), cv2.COLORMAP_JET)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    blended = (1 - alpha) * image_rgb.astype(np.float32) + alpha * heat.astype(np.float32)
+    return np.clip(blended, 0, 255).astype(np.uint8)
+
+
+def classifier_checkpoint(run: str) -> str:
+    """The checkpoint of ``run`` that holds the ID classifier (the encoder export has none)."""
+    if not osp.isdir(run):
+        return run
+    for name in ("best.pth.tar", "latest.pth.tar"):
+        path = osp.join(run, "model", name)
+        if osp.isfile(path):
+            return path
+    raise CheckpointError(f"Run directory {run} has no model/best.pth.tar or model/latest.pth.tar: GradCAM needs "
+                          "the ID classifier, which encoder.safetensors does not hold. Name a checkpoint file.")
+
+
+def save_gradcam_grid(run: str, images: Sequence[str], class_index: int, out_path: str) -> str:
+    """One PNG row per image: the image at the model's input size, then its GradCAM overlay for ``class_index``."""
+    from ..data.transforms import build_reid_transforms
+    from ..inference import load_trained_model
+
+    if not images:
+        raise ValueError("No images given for GradCAM.")
+    model, cfg, _ = load_trained_model(classifier_checkpoint(run))
+    _, test_transform = build_reid_transforms(cfg.data.height, cfg.data.width, cfg.data.transforms,
+                                              cfg.data.norm_mean, cfg.data.norm_std,
+                                              interpolation=cfg.dcac.resize_interpolation)
+    rows = []
+    for path in images:
+        picture = Image.open(path).convert("RGB")
+        # The same resize the model sees, so the map lines up with the picture.
+        shown = np.asarray(test_transform.transforms[0](picture))
+        cam = gradcam(model, test_transform(picture).unsqueeze(0), class_index)
+        rows.append(np.concatenate([shown, overlay(shown, cam)], axis=1))
+    os.makedirs(osp.dirname(osp.abspath(out_path)), exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(out_path)
+    return out_path
+
+
+__all__ = ["classifier_checkpoint", "gradcam", "overlay", "save_gradcam_grid"]
