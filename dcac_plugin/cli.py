@@ -1,4 +1,5 @@
-"""The ``dcac`` command: ``dcac train``, ``demo``, ``config``, ``stats``, ``bench``, ``experiments``."""
+"""The ``dcac`` command: ``train``, ``demo``, ``config``, ``stats``, ``bench``, ``experiments``, ``extract``,
+``export``, ``visualize``."""
 from __future__ import annotations
 
 import argparse
@@ -149,9 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=cmd_bench)
 
     from .experiments import add_experiments_parser
+    from .export import add_export_parser
+    from .extract import add_extract_parser
     from .visualize.cli import add_visualize_parser
 
     add_experiments_parser(sub)
+    add_extract_parser(sub)
+    add_export_parser(sub)
     add_visualize_parser(sub)
 
     demo = sub.add_parser("demo", help="the embedded synthetic demo: train on synthetic_a, test on synthetic_b, "

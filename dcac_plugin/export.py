@@ -96,6 +96,9 @@ def export_onnx(model: nn.Module, path: str, height: int, width: int, opset: int
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            # TracerWarnings come from nn.MultiheadAttention's shape assertions, which hold for every
+            # batch size; verify_onnx checks the graph on a batch other than the traced one.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(encoder, (_example(2, height, width),), buffer, dynamo=False, opset_version=opset,
                               input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
                               dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}})
@@ -160,7 +163,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"Input: float32 [batch, 3, {height}, {width}], RGB; resize "
           f"({cfg.dcac.resize_interpolation}) to {height}x{width}, scale to [0, 1], then normalise with "
           f"mean {list(cfg.data.norm_mean)} and std {list(cfg.data.norm_std)}.")
-    print("Output: float32 [batch, D], L2-normalised (cosine similarity = dot product).")
+    with torch.no_grad():
+        dim = InferenceEncoder(model)(_example(1, height, width)).shape[1]
+    print(f"Output: float32 [batch, {dim}], L2-normalised (cosine similarity = dot product).")
     return 0
 
 

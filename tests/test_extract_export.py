@@ -119,7 +119,7 @@ def test_onnx_command_reports_check_and_preprocessing(run_dir, loaded, tmp_path,
     assert run_command(add_export_parser, ["export", run_dir, "--format", "onnx", "--output", out]) == 0
     printed = capsys.readouterr().out
     assert os.path.isfile(out) and out in printed
-    assert "max abs diff" in printed and f"[batch, 3, {HEIGHT}, {WIDTH}]" in printed
+    assert "max abs diff" in printed and f"[batch, 3, {HEIGHT}, {WIDTH}]" in printed and f"[batch, {DIM}]" in printed
     cfg = loaded[1]
     assert f"mean {list(cfg.data.norm_mean)} and std {list(cfg.data.norm_std)}" in printed
 
