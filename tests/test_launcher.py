@@ -84,3 +84,19 @@ def test_demo_prints_and_writes_the_results_table(data_root, tmp_path, capsys):
         saved = json.load(open(tmp_path / engine / "results.json"))["results"]["synthetic_b"]
         assert mAP == pytest.approx(100 * saved["mAP"], abs=0.05)
     assert "\n".join(table) in capsys.readouterr().out
+
+
+def test_training_logs_every_loss_term_and_each_evaluation_once_to_tensorboard(trained_run):
+    from dcac_plugin.visualize.curves import plot_training_curves, read_scalars
+
+    scalars = read_scalars(trained_run)
+    assert {"Train/loss_id", "Train/loss_pcl", "Train/loss", "Train/lr"} <= set(scalars)
+    steps = [step for step, _ in scalars["Train/loss_pcl"]]
+    assert steps == sorted(steps) and len(steps) >= 2
+    summary = json.load(open(os.path.join(trained_run, "results.json")))["results"]["synthetic_b"]
+    # One point per evaluation, at the epoch the checkpoint names (the final test after epoch 2).
+    assert [step for step, _ in scalars["Test/synthetic_b/mAP"]] == [2]
+    assert scalars["Test/synthetic_b/mAP"][0][1] == pytest.approx(summary["mAP"], abs=1e-6)
+    assert scalars["Test/synthetic_b/rank1"][0][1] == pytest.approx(summary["rank1"], abs=1e-6)
+    written = plot_training_curves(trained_run, os.path.join(trained_run, "curves"))
+    assert [os.path.basename(p) for p in written] == ["losses.png", "lr.png", "evaluation.png"]
