@@ -150,7 +150,8 @@ def shard(items: list) -> list:
     return list(items)[rank()::world_size()]
 
 
-def wrap_ddp(module: torch.nn.Module, use_gpu: bool, sync_buffers_every_step: bool = True) -> torch.nn.Module:
+def wrap_ddp(module: torch.nn.Module, use_gpu: bool, sync_buffers_every_step: bool = True,
+             find_unused_parameters: bool = False) -> torch.nn.Module:
     """``module`` in DistributedDataParallel in a distributed run, else itself.
 
     DDP averages the gradients of the parameters that require them; frozen weights
@@ -163,7 +164,7 @@ def wrap_ddp(module: torch.nn.Module, use_gpu: bool, sync_buffers_every_step: bo
 
     from torch.nn.parallel import DistributedDataParallel
 
-    kwargs = {}
+    kwargs = {"find_unused_parameters": find_unused_parameters}
     if not sync_buffers_every_step:
         # Newer torch renamed broadcast_buffers (synced at init either way).
         name = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters

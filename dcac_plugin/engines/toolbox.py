@@ -1,8 +1,11 @@
 """torchreid's own engines (softmax, triplet), registered so that configs can name them."""
 from __future__ import annotations
 
+import torch
+
 from torchreid import engine as reid_engine
 
+from .. import distributed
 from ..config import device_kwargs
 from ..registry import ENGINES
 from .common import RunRecordMixin, swapped_model
@@ -11,10 +14,17 @@ from .common import RunRecordMixin, swapped_model
 class ToolboxStepMixin:
     """torchreid's training step, through DDP under torchrun, stopped on a non-finite loss."""
 
+    def setup_distributed(self) -> None:
+        # torchreid's triplet engine skips the classifier when loss.triplet.weight_x is 0: DDP
+        # must then be told that some parameters may get no gradient.
+        self._train_model = distributed.wrap_ddp(self.model, self.use_gpu, find_unused_parameters=True)
+
     def forward_backward(self, data):
         with swapped_model(self, self.train_model):
             summary = super().forward_backward(data)
-        self.check_finite(summary["loss"], summary)
+        # softmax reports `loss`, triplet `loss_t` and `loss_x`: check every loss term.
+        terms = {k: v for k, v in summary.items() if k.startswith("loss")}
+        self.check_finite(torch.tensor([float(v) for v in terms.values()]), summary)
         return summary
 
 
