@@ -113,7 +113,7 @@ class RunRecordMixin:
             torch.tensor(float(loss))))
         if distributed.all_ranks_true(finite, self.device):
             return
-        values = ", ".join(f"{k}={float(v):.6g}" for k, v in terms.items())
+        values = ", ".join(f"{k}={float(v.detach() if torch.is_tensor(v) else v):.6g}" for k, v in terms.items())
         last = checkpoint_paths(getattr(self, "save_dir", "") or ".")["latest"]
         raise NonFiniteLossError(
             f"Non-finite loss at epoch {self.epoch + 1}, step {getattr(self, 'batch_idx', 0) + 1}: {values}. "
