@@ -123,6 +123,22 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([part[:size] for part, size in zip(gathered, sizes)]).to(tensor.device)
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank.
+
+    DDP broadcasts them before each training forward, but each rank's last forward of an
+    epoch updates its own copy; eval-mode passes between epochs must see rank 0's, the ones
+    a checkpoint keeps (otherwise a resumed run would differ from an uninterrupted one).
+    """
+    if world_size() == 1:
+        return
+    for buffer in module.buffers():
+        if buffer.dtype.is_floating_point or buffer.dtype in (torch.int64, torch.int32):
+            staged = buffer.data.to(_backend_device(buffer))
+            dist.broadcast(staged, src=0)
+            buffer.data.copy_(staged)
+
+
 def all_ranks_true(flag: bool, device: Optional[torch.device] = None) -> bool:
     """True only if ``flag`` holds on every rank (so that all ranks stop together)."""
     if world_size() == 1:

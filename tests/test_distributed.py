@@ -91,3 +91,29 @@ def test_torchrun_two_gloo_processes_train_once_log_once_and_keep_memories_ident
     assert len(state["rng"]) == 2  # each rank's generators, for an exact resume
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
     assert state["results"]["synthetic_b"]["epoch"] == 2
+
+
+def test_torchrun_resume_matches_an_uninterrupted_two_process_run_bitwise(data_root, tmp_path):
+    """Per-rank RNG states and rank 0's BatchNorm statistics make a 2-process resume exact too."""
+
+    def torchrun(save_dir, *opts):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "-m", "dcac_plugin.cli", "train", "--config-file", demo_config_path("baseline"), "--root",
+                   data_root, "data.save_dir", str(save_dir), "train.batch_size", "16", "train.print_freq", "100",
+                   *opts]
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return done.stdout
+
+    torchrun(tmp_path / "straight", "train.max_epoch", "2")
+    torchrun(tmp_path / "stopped", "train.max_epoch", "1")  # as if the job had ended after epoch 1
+    out = torchrun(tmp_path / "stopped", "train.max_epoch", "2", "model.resume", str(tmp_path / "stopped"))
+    assert "Resumed from" in out and "epoch: [1/2]" not in out
+    straight = load_checkpoint(str(tmp_path / "straight" / "model" / "latest.pth.tar"))
+    resumed = load_checkpoint(str(tmp_path / "stopped" / "model" / "latest.pth.tar"))
+    assert straight["epoch"] == resumed["epoch"] == 2
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert torch.equal(straight["engine_state"]["pcl_memory"], resumed["engine_state"]["pcl_memory"])
+    for rank in (0, 1):
+        assert torch.equal(straight["rng"][rank]["torch"], resumed["rng"][rank]["torch"])

@@ -84,6 +84,8 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
         return distributed.all_gather_cat(torch.cat(features)), distributed.all_gather_cat(torch.cat(labels))
 
     def rebuild_memory(self) -> None:
+        # Every rank extracts with rank 0's BatchNorm statistics, the ones checkpoints keep.
+        distributed.broadcast_buffers(self.model)
         # Not a training step: it must not move the RNG streams (exact resume).
         with preserved_rng():
             self.memory.initialize(*self.extract_train_features())
