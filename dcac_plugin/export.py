@@ -142,9 +142,9 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .extract import load_run
+    from .inference import load_trained_model
 
-    model, cfg, weights = load_run(args.run, args.config_file)
+    model, cfg, weights = load_trained_model(args.run, args.config_file)
     height, width = cfg.data.height, cfg.data.width
     output = args.output or _default_output(args.run, args.format)
     if args.format == "onnx":

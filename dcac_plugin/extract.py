@@ -9,34 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 from yacs.config import CfgNode as CN
 
-from .checkpoint import CheckpointError, atomic_write
-from .data.images import read_image_checked
+from .checkpoint import atomic_write
+from .data.loaders import image_list_loader
 from .data.transforms import build_reid_transforms
 from .export import InferenceEncoder
-
-
-class _ImageFiles(Dataset):
-    """Transformed images of ``paths``, in order; unreadable files raise ImageReadError with the path."""
-
-    def __init__(self, paths: Sequence[str], transform: Callable) -> None:
-        self.paths = list(paths)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(read_image_checked(self.paths[index]))
 
 
 def eval_transform(cfg: CN) -> Callable:
@@ -62,11 +46,11 @@ def extract_features(model: nn.Module, paths: Sequence[str], transform: Callable
     if not paths:
         raise ValueError("No images to extract features from.")
     encoder = InferenceEncoder(model).to(device)
-    loader = DataLoader(_ImageFiles(paths, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=str(device).startswith("cuda"))
+    loader = image_list_loader([(path, 0, 0) for path in paths], transform, batch_size, workers,
+                               pin_memory=str(device).startswith("cuda"))
     chunks: List[torch.Tensor] = []
-    for images in tqdm(loader, desc="Extracting features", unit="batch"):
-        images = images.to(device, non_blocking=True)
+    for batch in tqdm(loader, desc="Extracting features", unit="batch"):
+        images = batch["img"].to(device, non_blocking=True)
         features = encoder(images)
         if flip:
             features = F.normalize(features + encoder(torch.flip(images, dims=[3])), dim=1)
@@ -101,16 +85,6 @@ def load_features(path: str) -> Tuple[torch.Tensor, List[str]]:
         return handle.get_tensor("features"), json.loads(metadata["paths"])
 
 
-def load_run(source: str, config_file: Optional[str] = None) -> Tuple[nn.Module, CN, str]:
-    """:func:`~dcac_plugin.inference.load_trained_model`, with a missing ``source`` named as such
-    (otherwise it surfaces as a missing config.yaml, which points at the wrong fix)."""
-    from .inference import load_trained_model
-
-    if not os.path.exists(source):
-        raise CheckpointError(f"No run directory or checkpoint at {source}.")
-    return load_trained_model(source, config_file)
-
-
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -133,9 +107,9 @@ def add_extract_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .inference import image_paths
+    from .inference import image_paths, load_trained_model
 
-    model, cfg, weights = load_run(args.run, args.config_file)
+    model, cfg, weights = load_trained_model(args.run, args.config_file)
     try:
         paths = image_paths(args.images)
     except FileNotFoundError as error:
@@ -151,4 +125,4 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 __all__ = ["add_extract_parser", "cmd_extract", "extract_features", "load_features", "save_features",
-           "eval_transform", "load_run"]
+           "eval_transform"]

@@ -56,6 +56,9 @@ def load_trained_model(source: str, config_file: Optional[str] = None,
     """
     from .launcher import build_model  # the launcher imports the engines; keep this module light
 
+    if not osp.exists(source):
+        # Checked first: otherwise it would surface as a missing config.yaml, the wrong fix.
+        raise CheckpointError(f"No run directory or checkpoint at {source}.")
     config_file = config_file or find_run_config(source)
     if config_file is None:
         raise CheckpointError(f"No config.yaml found for {source}: pass the config the model was trained with "

@@ -11,7 +11,6 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
 
 from torchreid import utils
 
@@ -33,15 +32,10 @@ def save_ranked_results(distmat, query: Sequence, gallery: Sequence, out_dir: st
     return [osp.join(out_dir, name) for name in names]
 
 
-@torch.no_grad()
-def _features(model: torch.nn.Module, dataset, batch_size: int, device: torch.device) -> torch.Tensor:
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    return torch.cat([model(batch["img"].to(device)).float().cpu() for batch in loader])
-
-
 def ranked_results_for_run(run: str, out_dir: str, dataset: Optional[str] = None, topk: int = 10,
                            max_queries: Optional[int] = 20) -> List[str]:
     """Ranked pictures of a run's model (Euclidean distance) on ``dataset``, by default its first target."""
+    from ..extract import eval_transform, extract_features
     from ..inference import load_trained_model
     from ..launcher import build_datamanager
 
@@ -52,15 +46,13 @@ def ranked_results_for_run(run: str, out_dir: str, dataset: Optional[str] = None
         cfg.defrost()
         cfg.data.targets = [dataset]
     manager = build_datamanager(cfg, use_gpu=False)
-    loaders = manager.test_loader[dataset]
     query, gallery = manager.test_dataset[dataset]["query"], manager.test_dataset[dataset]["gallery"]
     count = len(query) if max_queries is None else min(max_queries, len(query))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = model.to(device).eval()
-    batch_size = cfg.test.batch_size
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    transform = eval_transform(cfg)
     # Only the queries drawn are encoded; the ranking needs the whole gallery.
-    qf = _features(model, Subset(loaders["query"].dataset, range(count)), batch_size, device)
-    gf = _features(model, loaders["gallery"].dataset, batch_size, device)
+    qf = extract_features(model, [item[0] for item in query[:count]], transform, cfg.test.batch_size, device=device)
+    gf = extract_features(model, [item[0] for item in gallery], transform, cfg.test.batch_size, device=device)
     return save_ranked_results(torch.cdist(qf, gf), query[:count], gallery, out_dir, topk=topk,
                                width=cfg.data.width, height=cfg.data.height)
 
