@@ -8,7 +8,7 @@ test checks that the shipped files are exactly these, so the hyper-parameter rul
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .protocols import (ABBREVIATIONS, MULTI_SOURCE_SETTINGS, SINGLE_SOURCE_PAIRS, condition_temperature_for,
                         lora_rank_for, setting_name)
@@ -17,14 +17,13 @@ PAPER_CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "con
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # Ablations run on MA->MS and MS->MA (paper Tables 5-10).
 ABLATION_SETTINGS: Tuple[Tuple[str, str], ...] = (("market1501", "msmt17"), ("msmt17", "market1501"))
-ABLATIONS: Dict[str, Tuple[str, Sequence[Tuple[str, str]]]] = {
-    # table: (what it varies, [(file suffix, "yaml lines under dcac:")])
-    "table5": ("diffusion fine-tuning", [(f"finetune-{m}", f"  finetune: {m}\n")
+ABLATIONS: Dict[str, Tuple[str, Sequence[Tuple[str, Dict[str, object]]]]] = {
+    # table: (what it varies, [(file suffix, the one dcac setting it changes)])
+    "table5": ("diffusion fine-tuning", [(f"finetune-{m}", {"finetune": m})
                                          for m in ("frozen", "partial1", "partial2", "full", "scratch")]),
-    "table7": ("conditioning scheme", [(f"condition-{m}", f"  condition:\n    mode: {m}\n") for m in ("instance", "class")]),
-    "table9": ("LoRA rank", [(f"rank-{r}", f"  lora:\n    rank: {r}\n") for r in (8, 16, 32, 64)]),
-    "table10": ("condition transform", [(f"transform-{t}", f"  condition:\n    transform: {t}\n")
-                                        for t in ("silu", "bn", "mlp")]),
+    "table7": ("conditioning scheme", [(f"condition-{m}", {"mode": m}) for m in ("instance", "class")]),
+    "table9": ("LoRA rank", [(f"rank-{r}", {"rank": r}) for r in (8, 16, 32, 64)]),
+    "table10": ("condition transform", [(f"transform-{t}", {"transform": t}) for t in ("silu", "bn", "mlp")]),
 }
 TABLE_OF_SOURCE = {"market1501": "Table 2", "dukemtmcreid": "Table 2", "msmt17": "Table 3", "cuhk03": "Table 3"}
 
@@ -38,17 +37,17 @@ def _yaml_list(names: Sequence[str]) -> str:
     return "[" + ", ".join(names) + "]"
 
 
-def render_config(engine: str, sources: Sequence[str], target: str, where: str, dcac_overrides: str = "",
+def render_config(engine: str, sources: Sequence[str], target: str, where: str, ablation: Optional[Dict[str, object]] = None,
                   title: str = "") -> str:
-    """One config: the paper recipe (applied by ``engine``) plus the source-dependent values."""
+    """One config: the paper recipe (applied by ``engine``) plus the source-dependent values;
+    ``ablation`` changes one dcac setting (``finetune``, ``rank``, condition ``mode`` or ``transform``)."""
+    ablation = ablation or {}
     setting = setting_name(sources, target)
-    rank, tau = lora_rank_for(sources), condition_temperature_for(sources)
+    rank, tau = ablation.get("rank", lora_rank_for(sources)), condition_temperature_for(sources)
     kind = "multi-source (leave-one-out)" if len(sources) > 1 else "single-source"
     what = title or ("CLIP ViT-B/16 + ID loss + PCL (eq. 8)" if engine == "baseline" else
                      f"DCAC: LoRA rank {rank}, tau_c {tau}")
-    save_dir = f"log/{engine}/{_stem(engine, sources, target).split('_', 1)[1]}"
-    if dcac_overrides:
-        save_dir = f"log/{where}"
+    save_dir = f"log/{where}" if ablation else f"log/{engine}/{_stem(engine, sources, target).split('_', 1)[1]}"
     lines = [
         f"# {what}; {kind} {setting} ({where}).",
         f"# dcac train --config-file configs/{where}.yaml --root /path/to/reid-data",
@@ -72,23 +71,12 @@ def render_config(engine: str, sources: Sequence[str], target: str, where: str, 
                   "  classic_split: False     # the new protocol (767 / 700 identities)"]
     lines += ["dcac:", "  clip_weights: openai   # or a local file, e.g. /models/ViT-B-16.pt"]
     if engine == "dcac":
-        lines += ["  finetune: lora", "  lora:", f"    rank: {rank}", "  condition:", f"    temperature: {tau}",
-                  "  diffusion:", "    # a Hugging Face id, a local diffusers folder, or /models/v1-5-pruned.safetensors",
+        lines += [f"  finetune: {ablation.get('finetune', 'lora')}", "  lora:", f"    rank: {rank}", "  condition:"]
+        lines += [f"    {key}: {ablation[key]}" for key in ("mode", "transform") if key in ablation]
+        lines += [f"    temperature: {tau}", "  diffusion:",
+                  "    # a Hugging Face id, a local diffusers folder, or /models/v1-5-pruned.safetensors",
                   f"    pretrained: {SD15}"]
-    text = "\n".join(lines) + "\n"
-    return _apply_overrides(text, dcac_overrides) if dcac_overrides else text
-
-
-def _apply_overrides(text: str, overrides: str) -> str:
-    """Replace the dcac values an ablation changes (same keys, new values) in the rendered text."""
-    head = overrides.splitlines()[0].strip()
-    if head.startswith("finetune:"):
-        return text.replace("  finetune: lora\n", overrides)
-    if head == "lora:":
-        return text.replace(text[text.index("  lora:\n"):text.index("  condition:\n")], overrides)
-    # condition.mode / condition.transform go beside the temperature.
-    key_line = overrides.splitlines()[1] + "\n"
-    return text.replace("  condition:\n", "  condition:\n" + key_line)
+    return "\n".join(lines) + "\n"
 
 
 def render_paper_configs() -> Dict[str, str]:
@@ -106,11 +94,11 @@ def render_paper_configs() -> Dict[str, str]:
         lists[table] = []
         for source, target in ABLATION_SETTINGS:
             lists[table] += [f"../single/{_stem(e, (source,), target)}.yaml" for e in ("baseline", "dcac")]
-            for suffix, overrides in variants:
-                if suffix == f"rank-{lora_rank_for((source,))}":
+            for suffix, ablation in variants:
+                if ablation.get("rank") == lora_rank_for((source,)):
                     continue  # the default rank is the main dcac config
                 where = f"ablations/{_stem('dcac', (source,), target)}_{suffix}"
-                files[where + ".yaml"] = render_config("dcac", (source,), target, where, overrides,
+                files[where + ".yaml"] = render_config("dcac", (source,), target, where, ablation,
                                                        title=f"DCAC ablation ({table}, {varies}): {suffix}")
                 lists[table].append(f"../{where}.yaml")
     for table, entries in lists.items():
