@@ -56,6 +56,17 @@ def _numpy_scalar_globals() -> list:
     return [multiarray.multiarray.scalar, np.dtype] + [type(np.dtype(t)) for t in ("float64", "float32", "int64")]
 
 
+def atomic_copy(source: str, path: str) -> str:
+    """A copy of the file ``source`` at ``path``, written atomically."""
+    import shutil
+
+    def copy(handle: BinaryIO) -> None:
+        with open(source, "rb") as original:
+            shutil.copyfileobj(original, handle, length=16 << 20)
+
+    return atomic_write(path, copy)
+
+
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """Read a checkpoint safely; a file that needs arbitrary unpickling is refused.
 

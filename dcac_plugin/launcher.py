@@ -135,14 +135,14 @@ def resume(path: str, model: nn.Module, engine) -> int:
     memory, diffusion state, RNG states, results); returns the epoch to start from."""
     path = resolve_resume_path(path)
     state = load_checkpoint(path)
+    if "epoch" not in state or "optimizer" not in state:
+        raise CheckpointError(f"{path} holds weights, not a training state; use model.load_weights to start from it.")
     weights = model_state_dict(state)
     check_same_identities(model, weights, path)
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
         raise CheckpointError(f"Checkpoint {path} does not fit model {type(model).__name__}: {err}") from None
-    if "epoch" not in state or "optimizer" not in state:
-        raise CheckpointError(f"{path} holds weights, not a training state; use model.load_weights to start from it.")
     engine.load_training_state(state)
     print(f"Resumed from {path} at epoch {state['epoch']}")
     return int(state["epoch"])

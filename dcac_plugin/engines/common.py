@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import distributed
-from ..checkpoint import atomic_save
+from ..checkpoint import atomic_copy, atomic_save
 from ..evaluation import evaluate_features
 from ..rng import capture_rng_state, preserved_rng, restore_rng_state
 
@@ -109,8 +109,7 @@ class RunRecordMixin:
 
     def check_finite(self, loss: torch.Tensor, terms: Dict[str, Any]) -> None:
         """Stop (on every rank) before a NaN or infinite loss reaches the weights."""
-        finite = bool(torch.isfinite(loss.detach()).all()) if torch.is_tensor(loss) else bool(torch.isfinite(
-            torch.tensor(float(loss))))
+        finite = bool(torch.isfinite(loss.detach()).all())
         if distributed.all_ranks_true(finite, self.device):
             return
         values = ", ".join(f"{k}={float(v.detach() if torch.is_tensor(v) else v):.6g}" for k, v in terms.items())
@@ -213,12 +212,18 @@ class RunRecordMixin:
                 targets.append(osp.join(save_dir, name, f"model.pth.tar-{int(epoch) + 1}"))
             if is_best:
                 targets.append(paths["best"])
-            for path in targets:
-                atomic_save(state, path)
+            # Serialised once; the other names get copies of the file.
+            atomic_save(state, targets[0])
+            for path in targets[1:]:
+                atomic_copy(targets[0], path)
             print(f"Checkpoint saved: {', '.join(targets)}")
 
     def save_model(self, epoch: int, rank1, save_dir: str, is_best: bool = False) -> None:
-        """Called by torchreid's loop after each evaluation."""
+        """Called by torchreid's loop after each evaluation.
+
+        ``latest`` is written again (after the one at the end of the epoch) on purpose: it then
+        carries this evaluation's results and best Rank-1, so a resumed run keeps ``best`` right.
+        """
         self._last_rank1 = float(rank1)
         improved = float(rank1) > self.__dict__.get("_best_rank1", -1.0)
         if improved:
