@@ -160,12 +160,15 @@ def _dcac_section() -> CN:
     # A Hugging Face repo id, a local diffusers folder, an original single-file checkpoint
     # (v1-5-pruned.safetensors / .ckpt), or ``tiny`` (a random tiny model for tests and the demo).
     dcac.diffusion.pretrained = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    # The U-Net copy fine-tuned: False = the non-EMA weights, as the authors (model.diffusion_model.*
+    # of v1-5-pruned, the release's unet non_ema variant); True = the EMA weights.
+    dcac.diffusion.ema_weights = False
     dcac.diffusion.image_size = 128  # the diffusion view is image_size x image_size
     # Encode each training image's VAE posterior once (kept under data.save_dir) and sample
     # a fresh latent from it every step: the same latent distribution as encoding every step.
     dcac.diffusion.latent_cache = True
     dcac.condition = CN()
-    dcac.condition.mode = "correlation"  # correlation (eq. 12) | class | instance (Table 7)
+    dcac.condition.mode = "correlation"  # correlation (eq. 12) | class | instance (Table 7) | class_weighted (paper text)
     dcac.condition.transform = "none"  # none | silu | bn | mlp (Table 10)
     # tau_c of eq. 12: 0.1 for CUHK03-NP, 0.6 for Market1501 / DukeMTMC-reID, 1.0 for MSMT17 and multi-source.
     dcac.condition.temperature = 1.0

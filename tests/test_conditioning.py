@@ -221,7 +221,7 @@ def test_condition_net_needs_a_width_of_eight():
 @pytest.fixture(scope="module")
 def tiny_denoiser(tmp_path_factory):
     path = save_tiny_stable_diffusion(str(tmp_path_factory.mktemp("sd") / "tiny"), seed=0)
-    denoiser = DiffusionDenoiser(*load_diffusion_components(path))
+    denoiser = DiffusionDenoiser(*load_diffusion_components(path)[:3])
     apply_finetune_mode(denoiser.unet, "frozen")
     return denoiser
 

@@ -9,16 +9,15 @@ from .adaptation import (
     trainable_state_dict,
 )
 from .components import (
-    DEFAULT_PRETRAINED,
     SD15_CONFIG_DIR,
     DiffusionComponents,
-    DiffusionWeightsError,
     build_diffusion_architecture,
     check_noise_schedule,
     load_diffusion_components,
     load_diffusion_configs,
     save_tiny_stable_diffusion,
 )
+from .sources import DEFAULT_PRETRAINED, DiffusionWeightsError
 from .denoising import (
     VAE_SCALING_FACTOR,
     DiffusionDenoiser,

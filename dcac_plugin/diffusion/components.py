@@ -1,26 +1,29 @@
 """Stable Diffusion v1.5 components for DCAC (paper, section 4.2): U-Net, VAE, DDPM schedule.
 
-Three weight sources are understood, all ending in the same diffusers modules:
+Three weight sources are understood (see :mod:`.sources` for how they are found and which
+copy of the U-Net each gives), all ending in the same diffusers modules:
 
-* a local diffusers folder with ``unet/``, ``vae/`` and ``scheduler/`` sub-folders;
+* a local diffusers folder with ``unet/``, ``vae/`` and ``scheduler/`` sub-folders, such as
+  the published SD1.5 release (diffusers-0.6.0 configs, a PNDMScheduler config without
+  ``prediction_type``, a VAE config without ``scaling_factor``: diffusers' defaults apply);
 * one original-format (CompVis / LDM) checkpoint file, ``.ckpt`` or ``.safetensors``,
   converted by diffusers' single-file loader against the SD1.5 configs shipped in
-  ``sd15/``;
-* a Hugging Face repo id, read through the local hub cache (nothing is downloaded when
-  ``HF_HUB_OFFLINE=1``).
+  ``sd15/`` (the published ones), so it works offline;
+* a Hugging Face repo id, read from the local hub cache, or downloaded when the hub is
+  reachable.
 
-Offline or on a wrong path, :class:`DiffusionWeightsError` says what to download and
-which config key to set.
+The U-Net fine-tuned is the non-EMA copy, as the authors'; ``ema_weights=True`` picks the
+EMA copy. Offline or on a wrong path, :class:`DiffusionWeightsError` says what to download
+and which config key to set.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, NamedTuple, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, NamedTuple, Tuple, Union
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -28,49 +31,35 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-SD15_CONFIG_DIR: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sd15")
-DEFAULT_PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+from ..hub import hub_unreachable_reason
+from .sources import (CONFIG_FILES, LDM_UNET_PREFIX, DiffusersFolder, DiffusionWeightsError,
+                      cached_snapshot, download_hint, hub_diffusers_folder, is_single_file, local_diffusers_folder,
+                      looks_like_local_path, select_unet_copy)
 
-_SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors")
-_SUBFOLDERS = ("unet", "vae", "scheduler")
-# Key prefixes of the original LDM checkpoint layout (what diffusers' converters read).
-_LDM_UNET_PREFIX = "model.diffusion_model."
+SD15_CONFIG_DIR: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sd15")
+
 _LDM_VAE_PREFIX = "first_stage_model."
 # The DDPM schedule DCAC trains with (paper 5.2 / SD1.5): anything else changes eq. 10.
-_REQUIRED_SCHEDULE = {
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "num_train_timesteps": 1000,
-    "prediction_type": "epsilon",
-}
+SD15_NUM_TRAIN_TIMESTEPS = 1000
+SD15_BETA_START, SD15_BETA_END = 0.00085, 0.012
+SD15_PREDICTION_TYPE = "epsilon"
 _TINY_SETTINGS_FILE = "dcac_tiny_settings.json"
 
 StateDict = Dict[str, torch.Tensor]
-# U-Net, VAE and the scheduler config, before the schedule check and freezing.
-RawComponents = Tuple[UNet2DConditionModel, AutoencoderKL, Dict[str, Any]]
-
-
-class DiffusionWeightsError(RuntimeError):
-    """Stable Diffusion weights could not be found or read; the message says how to fix it."""
+# U-Net, VAE, the scheduler config, and which U-Net weights were loaded.
+RawComponents = Tuple[UNet2DConditionModel, AutoencoderKL, Dict[str, Any], str]
 
 
 class DiffusionComponents(NamedTuple):
-    """The three parts of Stable Diffusion that DCAC's denoising loss needs."""
+    """The three parts of Stable Diffusion that DCAC's denoising loss needs.
+
+    ``description`` says where the weights came from and which U-Net copy was loaded.
+    """
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL
     noise_scheduler: DDPMScheduler
-
-
-def _download_hint(source: str) -> str:
-    """The fix to append to every weights error: what to fetch and which key to set."""
-    return (
-        f"Could not load Stable Diffusion from {source!r}. Download the diffusers folder of "
-        f"{DEFAULT_PRETRAINED} (unet/, vae/, scheduler/) or the single file "
-        "v1-5-pruned.safetensors / v1-5-pruned.ckpt, then set dcac.diffusion.pretrained /path "
-        "(the folder or the file)."
-    )
+    description: str = ""
 
 
 def _first_line(error: BaseException) -> str:
@@ -79,34 +68,49 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0].rstrip('.') if lines else ''}"
 
 
-def _looks_like_local_path(source: str) -> bool:
-    """Whether ``source`` was meant as a filesystem path rather than a hub id ``owner/name``."""
-    return (
-        os.path.isabs(source)
-        or source.startswith((".", "~"))
-        or source.endswith(_SINGLE_FILE_SUFFIXES)
-        or source.count("/") != 1
-    )
+def sd15_betas() -> torch.Tensor:
+    """SD1.5's betas: "scaled_linear", i.e. linear in sqrt(beta) from 0.00085 to 0.012 over 1000 steps."""
+    return torch.linspace(SD15_BETA_START ** 0.5, SD15_BETA_END ** 0.5, SD15_NUM_TRAIN_TIMESTEPS,
+                          dtype=torch.float64, device="cpu") ** 2
 
 
-def _is_single_file(source: str) -> bool:
-    """Whether ``source`` is an existing original-format checkpoint file."""
-    return os.path.isfile(source) and source.endswith(_SINGLE_FILE_SUFFIXES)
+def _ddpm_scheduler(config: Mapping[str, Any]) -> DDPMScheduler:
+    """A DDPMScheduler from ``config``, with diffusers' defaults for the keys it lacks.
+
+    ``_use_default_values`` (diffusers' note of which keys were defaults when a config was
+    saved) is dropped: a value the config states is the value meant.
+    """
+    # The schedule's tables live on the CPU (diffusers moves them per call), also when the
+    # caller builds modules under a meta-device context.
+    with torch.device("cpu"):
+        return DDPMScheduler.from_config({key: value for key, value in config.items()
+                                          if key != "_use_default_values"})
 
 
-def check_noise_schedule(config: Dict[str, Any]) -> None:
-    """Raise ValueError unless ``config`` is SD1.5's DDPM schedule, which eq. 10 of DCAC assumes."""
+def check_noise_schedule(config: Mapping[str, Any]) -> None:
+    """Raise ValueError unless ``config`` gives SD1.5's DDPM schedule, which eq. 10 of DCAC assumes.
+
+    ``config`` is a scheduler config as written (the published SD1.5 one is a diffusers-0.6.0
+    PNDMScheduler config without ``prediction_type``) or as a scheduler holds it: diffusers'
+    defaults are applied first (epsilon prediction), then the betas the scheduler actually
+    computes are compared with SD1.5's, so a schedule written differently but equal passes,
+    and other betas (schedule, range, trained betas, zero-SNR rescaling), another number of
+    steps or another prediction type are refused.
+    """
+    scheduler = _ddpm_scheduler(config)
+    resolved = scheduler.config
     wrong = []
-    for key, expected in _REQUIRED_SCHEDULE.items():
-        value = config.get(key)
-        if isinstance(expected, float):
-            matches = isinstance(value, (int, float)) and math.isclose(value, expected, rel_tol=1e-6)
-        else:
-            matches = value == expected
-        if not matches:
-            wrong.append(f"{key}={value!r} (need {expected!r})")
+    if resolved.num_train_timesteps != SD15_NUM_TRAIN_TIMESTEPS:
+        wrong.append(f"num_train_timesteps={resolved.num_train_timesteps!r} (need {SD15_NUM_TRAIN_TIMESTEPS})")
+    elif not torch.allclose(scheduler.betas.double(), sd15_betas(), rtol=1e-5, atol=0.0):
+        wrong.append(f"betas from beta_schedule={resolved.beta_schedule!r}, beta_start={resolved.beta_start!r}, "
+                     f"beta_end={resolved.beta_end!r}, trained_betas={'given' if resolved.trained_betas else None}, "
+                     f"rescale_betas_zero_snr={resolved.rescale_betas_zero_snr!r} (need scaled_linear "
+                     f"{SD15_BETA_START} -> {SD15_BETA_END})")
+    if resolved.prediction_type != SD15_PREDICTION_TYPE:
+        wrong.append(f"prediction_type={resolved.prediction_type!r} (need {SD15_PREDICTION_TYPE!r})")
     if wrong:
-        raise ValueError("DCAC needs the Stable Diffusion v1.5 noise schedule; got " + ", ".join(wrong) + ".")
+        raise ValueError("DCAC needs the Stable Diffusion v1.5 noise schedule; got " + "; ".join(wrong) + ".")
 
 
 def _frozen(module: nn.Module) -> nn.Module:
@@ -119,10 +123,14 @@ def _frozen_vae(vae: AutoencoderKL) -> AutoencoderKL:
     return vae.requires_grad_(False).eval()
 
 
-def _scheduler_from_config(config: Dict[str, Any]) -> DDPMScheduler:
-    """A DDPMScheduler after checking that its schedule is the one DCAC needs."""
+def _scheduler_from_config(config: Mapping[str, Any]) -> DDPMScheduler:
+    """A DDPMScheduler after checking that its schedule is the one DCAC needs.
+
+    The published SD1.5 config names PNDMScheduler; DCAC trains with the same betas through
+    DDPM's ``add_noise`` (eq. 10), so only the schedule is taken from it.
+    """
     check_noise_schedule(config)
-    return DDPMScheduler.from_config(config)
+    return _ddpm_scheduler(config)
 
 
 def _random_unet(config_source: str) -> UNet2DConditionModel:
@@ -132,18 +140,27 @@ def _random_unet(config_source: str) -> UNet2DConditionModel:
 
 @contextmanager
 def _weights_errors_explained(source: str) -> Iterator[None]:
-    """Turn "not found / cannot reach / invalid id" errors into a DiffusionWeightsError with the fix."""
+    """Turn "not found / cannot read" errors into a DiffusionWeightsError with the fix."""
     try:
         yield
-    except (OSError, ValueError) as error:
-        raise DiffusionWeightsError(_download_hint(source) + f" Cause: {_first_line(error)}") from error
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        if isinstance(error, DiffusionWeightsError):
+            raise
+        raise DiffusionWeightsError(download_hint(source) + f" Cause: {_first_line(error)}") from error
 
 
-def _load_from_diffusers_layout(source: str, random_unet: bool) -> RawComponents:
-    """U-Net, VAE and scheduler config of a diffusers folder or hub repo id (sub-folders)."""
-    unet = _random_unet(source) if random_unet else UNet2DConditionModel.from_pretrained(source, subfolder="unet")
-    vae = AutoencoderKL.from_pretrained(source, subfolder="vae")
-    return unet, vae, dict(DDPMScheduler.load_config(source, subfolder="scheduler"))
+def _load_from_diffusers_folder(folder: DiffusersFolder, random_unet: bool) -> RawComponents:
+    """U-Net (the chosen variant), VAE and scheduler config of a local diffusers folder."""
+    path = folder.path
+    with _weights_errors_explained(path):
+        if random_unet:
+            unet, description = _random_unet(path), "random U-Net (train from scratch)"
+        else:
+            unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", variant=folder.unet_variant)
+            description = folder.description
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
+        scheduler_config = dict(DDPMScheduler.load_config(path, subfolder="scheduler"))
+    return unet, vae, scheduler_config, description
 
 
 def _read_checkpoint_file(path: str) -> StateDict:
@@ -159,7 +176,7 @@ def _read_checkpoint_file(path: str) -> StateDict:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, SafetensorError, RuntimeError, ValueError, EOFError) as error:
         raise DiffusionWeightsError(
-            f"Cannot read checkpoint file {path}: {_first_line(error)}. " + _download_hint(path)
+            f"Cannot read checkpoint file {path}: {_first_line(error)}. " + download_hint(path)
         ) from error
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         checkpoint = checkpoint["state_dict"]
@@ -168,73 +185,75 @@ def _read_checkpoint_file(path: str) -> StateDict:
 
 def _check_ldm_layout(checkpoint: StateDict, path: str) -> None:
     """Fail with the file's name, not a KeyError deep in diffusers, when the layout is not LDM's."""
-    for prefix, part in ((_LDM_UNET_PREFIX, "U-Net"), (_LDM_VAE_PREFIX, "VAE")):
+    for prefix, part in ((LDM_UNET_PREFIX, "U-Net"), (_LDM_VAE_PREFIX, "VAE")):
         if not any(key.startswith(prefix) for key in checkpoint):
             raise DiffusionWeightsError(
                 f"{path} is not an original-format Stable Diffusion v1 checkpoint: no {part} weights "
-                f"(keys starting with {prefix!r}). " + _download_hint(path)
+                f"(keys starting with {prefix!r}). " + download_hint(path)
             )
 
 
-def _load_from_single_file(path: str, random_unet: bool) -> RawComponents:
+def _load_from_single_file(path: str, random_unet: bool, ema_weights: bool, config_dir: str) -> RawComponents:
     """U-Net, VAE and scheduler config from one original-format checkpoint (``v1-5-pruned.safetensors``).
 
-    The file is read once; diffusers' single-file loader converts its LDM keys into the
-    diffusers U-Net and VAE built from the shipped SD1.5 configs, so nothing is fetched.
-    ``extract_ema=True`` picks the EMA U-Net weights when the file holds both (as
-    ``v1-5-pruned`` does): those are the weights the diffusers release ships, so both
-    sources give the same U-Net. The scheduler config is the shipped SD1.5 one.
+    The file is read once; :func:`~.sources.select_unet_copy` keeps the one U-Net copy wanted
+    (non-EMA by default, as the authors), and diffusers' single-file loader converts the LDM
+    keys into the U-Net and VAE built from the configs in ``config_dir`` (the published SD1.5
+    ones), so nothing is fetched. The scheduler config is the one in ``config_dir``.
     """
     checkpoint = _read_checkpoint_file(path)
     _check_ldm_layout(checkpoint, path)
-    single_file_kwargs = {"config": SD15_CONFIG_DIR, "local_files_only": True}
+    checkpoint, description = select_unet_copy(checkpoint, ema_weights, path)
+    single_file_kwargs = {"config": config_dir, "local_files_only": True}
     try:
         if random_unet:
-            unet = _random_unet(SD15_CONFIG_DIR)
+            unet, description = _random_unet(config_dir), "random U-Net (train from scratch)"
         else:
-            unet = UNet2DConditionModel.from_single_file(
-                checkpoint, subfolder="unet", extract_ema=True, **single_file_kwargs
-            )
+            unet = UNet2DConditionModel.from_single_file(checkpoint, subfolder="unet", **single_file_kwargs)
         vae = AutoencoderKL.from_single_file(checkpoint, subfolder="vae", **single_file_kwargs)
     except (KeyError, OSError, ValueError, RuntimeError) as error:
         raise DiffusionWeightsError(
             f"{path} could not be converted from the original Stable Diffusion v1 layout: "
-            f"{_first_line(error)}. " + _download_hint(path)
+            f"{_first_line(error)}. " + download_hint(path)
         ) from error
-    return unet, vae, dict(DDPMScheduler.load_config(SD15_CONFIG_DIR, subfolder="scheduler"))
+    scheduler_config = dict(DDPMScheduler.load_config(config_dir, subfolder="scheduler"))
+    return unet, vae, scheduler_config, description
 
 
-def _check_local_source(source: str) -> None:
-    """Reject a missing local path, or a folder without the diffusers sub-folders, with the fix."""
+def _diffusers_folder_of(source: str, ema_weights: bool) -> DiffusersFolder:
+    """A local folder as it is; a hub id through the cache (or a download); a wrong path named."""
     if os.path.isdir(source):
-        missing = [name for name in _SUBFOLDERS if not os.path.isdir(os.path.join(source, name))]
-        if missing:
-            raise DiffusionWeightsError(
-                f"{source} has no {', '.join(missing)} sub-folder(s). " + _download_hint(source)
-            )
-    elif _looks_like_local_path(source):
-        raise DiffusionWeightsError(f"No such folder or checkpoint file: {source}. " + _download_hint(source))
+        return local_diffusers_folder(source, ema_weights)
+    if looks_like_local_path(source):
+        raise DiffusionWeightsError(f"No such folder or checkpoint file: {source}. " + download_hint(source))
+    return hub_diffusers_folder(source, ema_weights)
 
 
-def load_diffusion_components(pretrained: str, random_unet: bool = False) -> DiffusionComponents:
+def load_diffusion_components(pretrained: str, random_unet: bool = False, ema_weights: bool = False,
+                              single_file_config: str = SD15_CONFIG_DIR) -> DiffusionComponents:
     """Load SD1.5's U-Net, VAE and DDPM noise scheduler for DCAC.
 
     ``pretrained`` is a local diffusers folder, an original-format ``.ckpt`` /
-    ``.safetensors`` file, or a Hugging Face repo id. ``random_unet=True`` ("train from
-    scratch", paper Table 5) builds the U-Net from its config with random weights; the
-    VAE is still loaded. The VAE comes back frozen and in eval mode, the U-Net with every
-    weight frozen (:func:`~dcac_plugin.diffusion.adaptation.apply_finetune_mode` decides
-    what trains). Raises :class:`DiffusionWeightsError` when the weights cannot be found
-    or read, and ValueError when the noise schedule is not SD1.5's.
+    ``.safetensors`` file (converted with the configs in ``single_file_config``), or a
+    Hugging Face repo id. The U-Net is the non-EMA copy when the source has one (the
+    authors' choice), the EMA copy with ``ema_weights``; ``description`` of the result says
+    which was loaded. ``random_unet=True`` ("train from scratch", paper Table 5) builds the
+    U-Net from its config with random weights; the VAE is still loaded. The VAE comes back
+    frozen and in eval mode, the U-Net with every weight frozen
+    (:func:`~dcac_plugin.diffusion.adaptation.apply_finetune_mode` decides what trains).
+    Raises :class:`DiffusionWeightsError` when the weights cannot be found or read, and
+    ValueError when the noise schedule is not SD1.5's.
     """
-    if _is_single_file(pretrained):
-        unet, vae, scheduler_config = _load_from_single_file(pretrained, random_unet)
+    if is_single_file(pretrained):
+        unet, vae, scheduler_config, description = _load_from_single_file(
+            pretrained, random_unet, ema_weights, single_file_config)
+        source = f"single file {pretrained}"
     else:
-        _check_local_source(pretrained)
-        with _weights_errors_explained(pretrained):
-            unet, vae, scheduler_config = _load_from_diffusers_layout(pretrained, random_unet)
+        folder = _diffusers_folder_of(pretrained, ema_weights)
+        unet, vae, scheduler_config, description = _load_from_diffusers_folder(folder, random_unet)
+        source = pretrained if folder.path == pretrained else f"{pretrained} ({folder.path})"
     noise_scheduler = _scheduler_from_config(scheduler_config)
-    return DiffusionComponents(_frozen(unet), _frozen_vae(vae), noise_scheduler)
+    return DiffusionComponents(_frozen(unet), _frozen_vae(vae), noise_scheduler, f"{source}: {description}")
 
 
 def _read_configs(source: str) -> Dict[str, Dict[str, Any]]:
@@ -251,13 +270,24 @@ def load_diffusion_configs(pretrained: str) -> Dict[str, Dict[str, Any]]:
 
     A local folder gives its own json files; a single checkpoint file or any SD1.5 repo id
     (a name containing ``stable-diffusion-v1-5``) the configs shipped with this package;
-    another hub id its configs from the hub (cache), else :class:`DiffusionWeightsError`.
+    another hub id its configs from the hub cache, or from the hub when it is reachable,
+    else :class:`DiffusionWeightsError` at once.
     """
-    if _is_single_file(pretrained):
+    if is_single_file(pretrained):
         return _read_configs(SD15_CONFIG_DIR)
-    _check_local_source(pretrained)
-    if not os.path.isdir(pretrained) and "stable-diffusion-v1-5" in pretrained:
+    if os.path.isdir(pretrained):
+        return _read_configs(local_diffusers_folder(pretrained, ema_weights=True).path)
+    if looks_like_local_path(pretrained):
+        raise DiffusionWeightsError(f"No such folder or checkpoint file: {pretrained}. " + download_hint(pretrained))
+    if "stable-diffusion-v1-5" in pretrained:
         return _read_configs(SD15_CONFIG_DIR)
+    snapshot = cached_snapshot(pretrained)
+    if snapshot and all(os.path.isfile(os.path.join(snapshot, path)) for path in CONFIG_FILES.values()):
+        return _read_configs(snapshot)
+    reason = hub_unreachable_reason()
+    if reason:
+        raise DiffusionWeightsError(f"The configs of {pretrained!r} are not in the local Hugging Face cache and "
+                                    f"{reason}. " + download_hint(pretrained))
     with _weights_errors_explained(pretrained):
         return _read_configs(pretrained)
 

@@ -71,7 +71,8 @@ def build_diffusion_feedback(cfg, num_classes: int, feature_dim: int,
     """
     if components is None:
         components = load_diffusion_components(resolve_diffusion_source(cfg.dcac.diffusion.pretrained),
-                                               random_unet=cfg.dcac.finetune == "scratch")
+                                               random_unet=cfg.dcac.finetune == "scratch",
+                                               ema_weights=cfg.dcac.diffusion.ema_weights)
     unet = apply_finetune_mode(components.unet, cfg.dcac.finetune, rank=cfg.dcac.lora.rank,
                                alpha=cfg.dcac.lora.alpha)
     denoiser = DiffusionDenoiser(unet, components.vae, components.noise_scheduler)

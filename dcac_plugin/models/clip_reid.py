@@ -6,8 +6,6 @@ ln_post, proj). On top: a BNNeck and a bias-free linear ID classifier.
 """
 from __future__ import annotations
 
-import os
-import zipfile
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -17,6 +15,8 @@ from torch import nn
 import open_clip
 from open_clip.model import _build_vision_tower
 
+from .clip_weights import ClipWeightsError, read_clip_visual_weights, resolve_clip_weights_file
+
 ImageSize = Tuple[int, int]
 
 # The tiny architecture exists for tests and the CPU demo; it is built by the same code.
@@ -24,10 +24,6 @@ _TINY_CFG = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
 }
-
-
-class ClipWeightsError(RuntimeError):
-    """CLIP weights could not be read; the message says what to download and where to point."""
 
 
 class ReIDOutput(NamedTuple):
@@ -78,63 +74,6 @@ def interpolate_positional_embedding(pos_embed: torch.Tensor, new_grid: Sequence
     grid = F.interpolate(grid.float(), size=new_grid, mode="bilinear", align_corners=False)
     patch_pos = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos_embed.dtype)
     return torch.cat([cls_pos, patch_pos], dim=0)
-
-
-def _is_torchscript_archive(path: str) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") for name in archive.namelist())
-
-
-def _read_state_dict_file(path: str) -> dict:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    if _is_torchscript_archive(path):
-        # OpenAI's released ViT-B-16.pt is a TorchScript archive, not a pickle.
-        return torch.jit.load(path, map_location="cpu").state_dict()
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling refused or corrupt file
-        raise ClipWeightsError(f"Cannot read CLIP weights from {path}: {err}") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    return state
-
-
-def visual_state_dict(state: dict) -> dict:
-    """The image-tower entries of a CLIP state dict, with OpenAI's visual key names.
-
-    Accepts a full CLIP state dict (``visual.*``), one saved from DataParallel
-    (``module.visual.*``), or an image tower alone.
-    """
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    if any(k.startswith("visual.") for k in state):
-        return {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
-    return dict(state)
-
-
-def read_clip_visual_weights(source: str, arch: str = "ViT-B-16", cache_dir: Optional[str] = None) -> dict:
-    """The CLIP image-tower state dict from a local file or an open_clip pretrained tag."""
-    if os.path.isfile(source):
-        return visual_state_dict(_read_state_dict_file(source))
-    if arch == "tiny":
-        raise ClipWeightsError(
-            f"The tiny CLIP architecture has no published weights; {source!r} is not a file. "
-            "Set dcac.clip_weights to a local state dict, or model.pretrained False."
-        )
-    try:
-        clip = open_clip.create_model(arch, pretrained=source, force_quick_gelu=True, cache_dir=cache_dir)
-    except Exception as err:
-        raise ClipWeightsError(
-            f"Could not load CLIP {arch} weights {source!r} ({type(err).__name__}: {err}). "
-            f"Offline? Download OpenAI's {arch}.pt (or open_clip's checkpoint for tag {source!r}) on a "
-            "machine with internet, then set `dcac.clip_weights /path/to/file` in the config or on the "
-            "command line; or set model.pretrained False for a random initialisation."
-        ) from None
-    return clip.visual.state_dict()
 
 
 def load_clip_visual_weights(visual: nn.Module, state: dict) -> None:
@@ -214,13 +153,21 @@ def build_clip_reid(
     weights: str = "openai",
     img_size: ImageSize = (256, 128),
 ) -> ClipReID:
-    """Build the Re-ID model; ``pretrained`` True loads ``weights`` (tag or file), a str is a file."""
+    """Build the Re-ID model; ``pretrained`` True loads ``weights`` (tag or file), a str is a file.
+
+    ``weights_source`` of the model says what the image tower was initialised from (for the run log).
+    """
     visual = build_clip_visual(arch, img_size)
     if isinstance(pretrained, str) and pretrained:
         weights, pretrained = pretrained, True
+    source = "random initialisation (model.pretrained False)"
     if pretrained:
-        load_clip_visual_weights(visual, read_clip_visual_weights(weights, arch))
-    return ClipReID(visual, num_classes, loss)
+        path = resolve_clip_weights_file(weights, arch)
+        load_clip_visual_weights(visual, read_clip_visual_weights(path, arch))
+        source = path if path == weights else f"{weights} ({path})"
+    model = ClipReID(visual, num_classes, loss)
+    model.weights_source = source
+    return model
 
 
 def clip_vit_b16(num_classes: int, loss: str = "softmax", pretrained: Union[bool, str] = True,

@@ -1,0 +1,65 @@
+"""Whether the Hugging Face Hub can be reached, decided once and quickly.
+
+Without a network, huggingface_hub retries each request with back-off and open_clip then
+tries every file name it knows, so a missing weight file costs about a minute of repeated
+warnings before any error. The loaders of CLIP and Stable Diffusion weights ask here first:
+``HF_HUB_OFFLINE`` is honoured at once, and otherwise one short request to the hub endpoint
+decides (remembered for the process), so that an unreachable hub ends in one clear error.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+from huggingface_hub import constants, hf_hub_url, try_to_load_from_cache
+from huggingface_hub.utils import get_session
+
+PROBE_TIMEOUT_SECONDS = 5.0
+_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
+
+
+def offline_by_environment() -> bool:
+    """``HF_HUB_OFFLINE`` set to a true value (read now, not at import, so a launcher can set it)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE_VALUES
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(endpoint: str, timeout: float) -> Optional[str]:
+    """None when ``endpoint`` answers at all (any HTTP status), else why it cannot be reached."""
+    try:
+        get_session().head(endpoint, timeout=timeout, follow_redirects=False)
+    except Exception as error:  # connection refused, DNS failure, timeout, proxy error ...
+        return f"{endpoint} cannot be reached ({type(error).__name__})"
+    return None
+
+
+def hub_unreachable_reason(timeout: float = PROBE_TIMEOUT_SECONDS) -> Optional[str]:
+    """Why nothing can be downloaded from the hub now, or None when it can.
+
+    Honours ``HF_HUB_OFFLINE``; otherwise makes ONE request of at most ``timeout`` seconds to
+    the hub endpoint (``HF_ENDPOINT``), without retries, and remembers the answer.
+    """
+    if offline_by_environment():
+        return "HF_HUB_OFFLINE is set"
+    return _probe(constants.ENDPOINT, timeout)
+
+
+def cached_file(repo_id: str, filename: str) -> Optional[str]:
+    """The local path of ``filename`` of ``repo_id`` in the Hugging Face cache, or None."""
+    path = try_to_load_from_cache(repo_id, filename)
+    return path if isinstance(path, str) and os.path.isfile(path) else None
+
+
+def file_url(repo_id: str, filename: str) -> str:
+    """The download address of one file of a hub repository (for error messages)."""
+    return hf_hub_url(repo_id, filename)
+
+
+def repo_url(repo_id: str) -> str:
+    """The web page of a hub repository (for error messages)."""
+    return f"{constants.ENDPOINT}/{repo_id}"
+
+
+__all__ = ["PROBE_TIMEOUT_SECONDS", "cached_file", "file_url", "hub_unreachable_reason", "offline_by_environment",
+           "repo_url"]
