@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training identities (default: the standard datasets' counts for data.sources)")
     stats.set_defaults(func=cmd_stats)
 
+    from .performance import AMP_CHOICES
+
     bench = sub.add_parser("bench", help="benchmarks that print JSON figures",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bench_sub = bench.add_subparsers(dest="what", required=True)
@@ -138,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--batch-size", type=int, default=8)
     bench_train.add_argument("--steps", type=int, default=5, help="measured steps (after warm-up)")
     bench_train.add_argument("--warmup", type=int, default=2)
-    bench_train.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
+    bench_train.add_argument("--amp", default="off", choices=list(AMP_CHOICES),
+                             help="auto: bf16 on GPUs that support it, else fp16 on a GPU, off on the CPU")
     bench_train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     bench_train.add_argument("--rank", type=int, default=8, help="LoRA rank")
     bench_train.add_argument("--no-latent-cache", action="store_true", help="encode the diffusion view every step")

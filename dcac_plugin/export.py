@@ -142,6 +142,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .data.transforms import evaluation_interpolation
     from .inference import load_trained_model
 
     model, cfg, weights = load_trained_model(args.run, args.config_file)
@@ -161,7 +162,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         export_torchscript(model, output, height, width)
         print(f"TorchScript encoder from {weights} -> {output} (reloaded and checked against PyTorch)")
     print(f"Input: float32 [batch, 3, {height}, {width}], RGB; resize "
-          f"({cfg.dcac.resize_interpolation}) to {height}x{width}, scale to [0, 1], then normalise with "
+          f"({evaluation_interpolation(cfg)}) to {height}x{width}, scale to [0, 1], then normalise with "
           f"mean {list(cfg.data.norm_mean)} and std {list(cfg.data.norm_std)}.")
     with torch.no_grad():
         dim = InferenceEncoder(model)(_example(1, height, width)).shape[1]

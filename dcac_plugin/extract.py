@@ -19,16 +19,15 @@ from yacs.config import CfgNode as CN
 
 from .checkpoint import atomic_write
 from .data.loaders import image_list_loader
-from .data.transforms import build_reid_transforms
+from .data.transforms import evaluation_interpolation, plain_transform
 from .export import InferenceEncoder
 
 
 def eval_transform(cfg: CN) -> Callable:
-    """The test-time transform the run was evaluated with (resize, to tensor, normalise)."""
-    # No train augmentations are needed here; passing none also keeps this independent of them.
-    _, test = build_reid_transforms(cfg.data.height, cfg.data.width, (), cfg.data.norm_mean, cfg.data.norm_std,
-                                    interpolation=cfg.dcac.resize_interpolation)
-    return test
+    """The test-time transform the run was evaluated with (resize with the test interpolation,
+    to tensor, normalise); independent of the training augmentations."""
+    return plain_transform(cfg.data.height, cfg.data.width, cfg.data.norm_mean, cfg.data.norm_std,
+                           evaluation_interpolation(cfg))
 
 
 @torch.no_grad()

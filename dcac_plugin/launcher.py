@@ -24,13 +24,14 @@ from .checkpoint import (CheckpointError, atomic_write, check_same_identities, e
 from .config import ConfigError, device_kwargs, engine_run_kwargs, imagedata_kwargs
 from .data.layouts import check_datasets
 from .data.loaders import identities_below, rebuild_loaders, skip_unreadable_images, train_items
+from .data.msmt17 import msmt17_train_with_val
 from .data.samplers import build_train_sampler
-from .data.transforms import build_reid_transforms, install_transforms
+from .data.transforms import INTERPOLATIONS, install_transforms, reid_transforms
 from .data.views import TwoViewTransform, diffusion_view_transform
 from .engines.common import checkpoint_paths
 from .models import CLIP_MODELS, ClipReID
 from .optim import build_optimizer, build_scheduler
-from .performance import AMP_MODES, compile_modules, enable_gradient_checkpointing
+from .performance import AMP_CHOICES, compile_modules, enable_gradient_checkpointing
 from .registration import image_dataset_table, model_factory
 from .registry import ENGINES, nearest_name
 
@@ -52,8 +53,14 @@ def check_config(cfg: CN) -> None:
         for name in cfg.data[key]:
             if name not in datasets:
                 raise _unknown(f"dataset in data.{key}", name, datasets)
-    if cfg.train.amp not in AMP_MODES:
-        raise _unknown("mixed-precision mode (train.amp)", cfg.train.amp, AMP_MODES)
+    if cfg.train.amp not in AMP_CHOICES:
+        raise _unknown("mixed-precision mode (train.amp)", cfg.train.amp, AMP_CHOICES)
+    if cfg.dcac.resize_interpolation not in INTERPOLATIONS:
+        raise _unknown("resize interpolation (dcac.resize_interpolation)", cfg.dcac.resize_interpolation,
+                       INTERPOLATIONS)
+    if cfg.dcac.test_resize_interpolation not in ("", *INTERPOLATIONS):
+        raise _unknown("resize interpolation (dcac.test_resize_interpolation; empty = dcac.resize_interpolation)",
+                       cfg.dcac.test_resize_interpolation, INTERPOLATIONS)
     if cfg.data.type != "image":
         raise ConfigError("Only data.type 'image' is supported by dcac-reid's launcher.")
     if distributed.launched_info().enabled and cfg.sampler.train_sampler not in (
@@ -79,15 +86,17 @@ def warn_rare_identities(cfg: CN, items: list) -> None:
 
 
 def build_datamanager(cfg: CN, use_gpu: bool, diffusion_view: bool = False):
-    """torchreid's ImageDataManager (datasets checked against their expected layouts first),
-    its loaders rebuilt with checked image reads and, under torchrun, the distributed
-    sampler; our transforms installed (with ``diffusion_view``, training batches carry the
-    pair (Re-ID view, diffusion view))."""
+    """torchreid's ImageDataManager (datasets checked against their expected layouts first;
+    ``msmt17`` with its val images in training when ``msmt17.train_with_val``), its loaders
+    rebuilt with checked image reads and, under torchrun, the distributed sampler; our
+    transforms installed (with ``diffusion_view``, training batches carry the pair (Re-ID view,
+    diffusion view))."""
     check_datasets(list(cfg.data.sources) + list(cfg.data.targets), cfg.data.root)
     # The manager's own training sampler is replaced below (it would only assert on a bad
     # identity count); a plain one keeps its constructor from failing first.
-    manager = reid_data.ImageDataManager(**{**imagedata_kwargs(cfg), "train_sampler": "RandomSampler"},
-                                         **device_kwargs(reid_data.ImageDataManager.__init__, use_gpu))
+    with msmt17_train_with_val(cfg.msmt17.train_with_val):
+        manager = reid_data.ImageDataManager(**{**imagedata_kwargs(cfg), "train_sampler": "RandomSampler"},
+                                             **device_kwargs(reid_data.ImageDataManager.__init__, use_gpu))
     if cfg.data.skip_corrupt_images:
         skip_unreadable_images(manager, workers=max(1, cfg.data.workers))
     items = train_items(manager)
@@ -100,12 +109,11 @@ def build_datamanager(cfg: CN, use_gpu: bool, diffusion_view: bool = False):
     except ValueError as err:
         raise ConfigError(str(err)) from None
     rebuild_loaders(manager, sampler)
-    train_tf, test_tf = build_reid_transforms(cfg.data.height, cfg.data.width, cfg.data.transforms,
-                                              cfg.data.norm_mean, cfg.data.norm_std,
-                                              interpolation=cfg.dcac.resize_interpolation)
+    transforms = reid_transforms(cfg)
     if diffusion_view:
-        train_tf = TwoViewTransform(train_tf, diffusion_view_transform(cfg.dcac.diffusion.image_size))
-    install_transforms(manager, train_tf, test_tf)
+        transforms = transforms._replace(train=TwoViewTransform(
+            transforms.train, diffusion_view_transform(cfg.dcac.diffusion.image_size)))
+    install_transforms(manager, transforms)
     return manager
 
 

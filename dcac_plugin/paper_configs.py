@@ -37,6 +37,14 @@ def _yaml_list(names: Sequence[str]) -> str:
     return "[" + ", ".join(names) + "]"
 
 
+def _test_resize_lines(multi_source: bool) -> List[str]:
+    """The test-time resize of the authors' code: its single-source test loader is bilinear
+    (torchvision's default), its multi-source one bicubic; training and the memory are bicubic."""
+    if multi_source:
+        return ["  test_resize_interpolation: bicubic   # the authors' multi-source test loader, as in training"]
+    return ["  test_resize_interpolation: bilinear  # the authors' single-source test loader (training: bicubic)"]
+
+
 def render_config(engine: str, sources: Sequence[str], target: str, where: str, ablation: Optional[Dict[str, object]] = None,
                   title: str = "") -> str:
     """One config: the paper recipe (applied by ``engine``) plus the source-dependent values;
@@ -69,7 +77,10 @@ def render_config(engine: str, sources: Sequence[str], target: str, where: str, 
     if "cuhk03" in list(sources) + [target]:
         lines += ["cuhk03:", "  labeled_images: False   # CUHK03-NP detected, as in the paper",
                   "  classic_split: False     # the new protocol (767 / 700 identities)"]
+    if "msmt17" in sources:
+        lines += ["msmt17:", "  train_with_val: True   # list_train + list_val: 32,621 images, 1,041 ids (Table 1)"]
     lines += ["dcac:", "  clip_weights: openai   # or a local file, e.g. /models/ViT-B-16.pt"]
+    lines += _test_resize_lines(len(sources) > 1)
     if engine == "dcac":
         lines += [f"  finetune: {ablation.get('finetune', 'lora')}", "  lora:", f"    rank: {rank}", "  condition:"]
         lines += [f"    {key}: {ablation[key]}" for key in ("mode", "transform") if key in ablation]

@@ -41,6 +41,8 @@ class Expected:
     gallery: List[Item] = field(default_factory=list)
     # Images on disk that the reader must leave out of every split (junk, validation).
     excluded: List[str] = field(default_factory=list)
+    # MSMT17's list_val.txt images (training identities): in training only with msmt17.train_with_val.
+    validation: List[Item] = field(default_factory=list)
 
     @property
     def train_ids(self) -> int:
@@ -125,8 +127,9 @@ def write_msmt17_lists(root: PathLike, version: str = "V1") -> Expected:
     Images sit in one folder per pid under ``train/`` and ``test/`` (``mask_train_v2/`` and
     ``mask_test_v2/`` for V2), named ``<pid>_<index>_<camera:02d>_<date>_<frame>_0.jpg`` as in
     the release; ``list_*.txt`` lines are ``<pid>/<file name> <pid>``. Train labels are 0..N-1
-    and test labels restart at 0, as in the release. 3 train ids on cameras 1..15; one training
-    image is listed in ``list_val.txt`` only, which torchreid must not train on.
+    and test labels restart at 0, as in the release. 3 train ids on cameras 1..15; three more
+    images of two of them are listed in ``list_val.txt`` only (``validation``), which torchreid
+    does not train on unless asked to (``msmt17.train_with_val``).
     """
     folders = {"V1": ("train", "test"), "V2": ("mask_train_v2", "mask_test_v2")}[version]
     base = Path(root) / "msmt17" / f"MSMT17_{version}"
@@ -143,12 +146,11 @@ def write_msmt17_lists(root: PathLike, version: str = "V1") -> Expected:
             split.append((path, pid, camera - 1))
         (base / list_file).write_text("".join(lines))
 
-    validation: List[Item] = []
     write(folders[0], "list_train.txt", _cycle_cameras([0, 1, 2], 5, 15), expected.train)
-    write(folders[0], "list_val.txt", [(1, 3)], validation)
+    write(folders[0], "list_val.txt", [(1, 3), (1, 12), (2, 6)], expected.validation)
     write(folders[1], "list_query.txt", [(0, 2), (1, 14)], expected.query)
     write(folders[1], "list_gallery.txt", [(0, 9), (0, 15), (1, 4)], expected.gallery)
-    expected.excluded.extend(path for path, _, _ in validation)
+    expected.excluded.extend(path for path, _, _ in expected.validation)
     return expected
 
 

@@ -20,6 +20,10 @@ def test_upstream_config_keeps_upstream_meaning(tmp_path):
     assert cfg.train.optim == "amsgrad" and cfg.train.lr == 0.0015
     assert cfg.train.weight_decay == 5e-4 and cfg.train.batch_size == 32  # upstream defaults untouched
     assert cfg.data.norm_mean == [0.485, 0.456, 0.406]
+    # Our additions keep torchreid's behaviour: MSMT17 list_train only, full precision, and the
+    # test-time resize following the training one.
+    assert cfg.msmt17.train_with_val is False and cfg.train.amp == "off"
+    assert cfg.dcac.test_resize_interpolation == ""
 
 
 def test_paper_engines_start_from_the_paper_recipe(tmp_path):
@@ -34,6 +38,8 @@ def test_paper_engines_start_from_the_paper_recipe(tmp_path):
     assert cfg.data.norm_mean == [0.5, 0.5, 0.5] and cfg.data.norm_std == [0.5, 0.5, 0.5]
     assert cfg.data.transforms == ["random_flip", "pad_crop", "random_erase"]
     assert cfg.dcac.pcl.temperature == 0.01 and cfg.dcac.pcl.momentum == 0.2
+    # The reference's training set (MSMT17 with its val images) and mixed precision.
+    assert cfg.msmt17.train_with_val is True and cfg.train.amp == "auto"
     # engine chosen on the command line also selects the recipe
     assert build_config(None, ["engine", "baseline"]).train.lr == 5e-6
 
@@ -78,6 +84,13 @@ def test_unknown_engine_model_dataset_names_are_suggested():
     cfg.data.sources = ["market1510"]
     with pytest.raises(ConfigError, match="Did you mean 'market1501'"):
         check_config(cfg)
+
+
+@pytest.mark.parametrize("key", ["dcac.resize_interpolation", "dcac.test_resize_interpolation"])
+def test_unknown_interpolation_is_a_config_error_naming_the_key(key):
+    check_config(build_config(None, [key, "bilinear"]))
+    with pytest.raises(ConfigError, match=rf"{key}.*'bilinaer'.*Did you mean 'bilinear'"):
+        check_config(build_config(None, [key, "bilinaer"]))
 
 
 def test_baseline_engine_refuses_a_model_without_bnneck():

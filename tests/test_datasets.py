@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 
@@ -26,8 +27,11 @@ from dataset_writers import (
     write_msmt17_folder,
     write_msmt17_lists,
 )
+from dcac_plugin.config import build_config
 from dcac_plugin.data.datasets import EXTRA_DATASETS
 from dcac_plugin.data.layouts import DatasetLayoutError, check_dataset_layout
+from dcac_plugin.data.msmt17 import MSMT17TrainVal, msmt17_train_with_val
+from dcac_plugin.launcher import build_datamanager
 from dcac_plugin.protocols import SAME_DOMAIN
 from dcac_plugin.registration import image_dataset_table, register_all
 
@@ -187,3 +191,86 @@ def test_registration_is_idempotent_and_names_the_paper_domains():
     for name, cls in EXTRA_DATASETS.items():
         assert table[name] is cls
         assert name in SAME_DOMAIN
+
+
+# ------------------------------------------------ MSMT17's whole training set (msmt17.train_with_val)
+
+
+def launcher_manager(root: Path, sources: Sequence[str], *opts: str):
+    """The data manager the launcher builds from a config over ``root`` (small, CPU)."""
+    cfg = build_config(None, ["data.root", str(root), "data.sources", str(list(sources)),
+                              "data.targets", str(list(sources)), "data.height", "32", "data.width", "16",
+                              "data.workers", "0", "train.batch_size", "4", "test.batch_size", "4", *opts])
+    return build_datamanager(cfg, use_gpu=False)
+
+
+@pytest.mark.parametrize("version", ["V1", "V2"])
+@pytest.mark.parametrize("train_with_val", [False, True])
+def test_msmt17_trains_on_list_train_plus_list_val_only_with_the_key(tmp_path, version, train_with_val):
+    written = write_msmt17_lists(tmp_path, version)
+    manager = launcher_manager(tmp_path, ["msmt17"], "msmt17.train_with_val", str(train_with_val))
+
+    expected = written.train + (written.validation if train_with_val else [])
+    train = manager.train_loader.dataset.train
+    assert len(train) == (len(written.train) + len(written.validation) if train_with_val else len(written.train))
+    assert manager.num_train_pids == len({pid for _, pid, _ in expected})
+    assert_relabelled(train, expected)
+    # Query and gallery are the lists' own, whatever the key says.
+    assert sorted(manager.test_dataset["msmt17"]["query"]) == as_loaded(written.query)
+    assert sorted(manager.test_dataset["msmt17"]["gallery"]) == as_loaded(written.gallery)
+    # The class swap lasted only while the manager was built.
+    assert image_dataset_table()["msmt17"] is reid_data.datasets.image.MSMT17
+
+
+def test_msmt17_with_combineall_adds_the_val_images_once(tmp_path):
+    written = write_msmt17_lists(tmp_path)
+    trains = {flag: sorted(launcher_manager(tmp_path, ["msmt17"], "data.combineall", "True",
+                                            "msmt17.train_with_val", str(flag)).train_loader.dataset.train)
+              for flag in (False, True)}
+    # torchreid's combineall already trains on train + val + query + gallery; the key adds nothing to it.
+    assert trains[True] == trains[False]
+    paths = [item[0] for item in trains[True]]
+    every_image = written.train + written.validation + written.query + written.gallery
+    assert len(paths) == len(set(paths)) == len(every_image)
+    assert set(paths) == {path for path, _, _ in every_image}
+
+
+def test_msmt17_class_is_restored_when_building_fails(tmp_path):
+    written = write_msmt17_lists(tmp_path)
+    table = image_dataset_table()
+    with open(Path(written.gallery[0][0]).parents[2] / "list_gallery.txt", "a", encoding="utf-8") as handle:
+        handle.write("a line without a label\n")
+    with pytest.raises(ValueError):
+        launcher_manager(tmp_path, ["msmt17"], "msmt17.train_with_val", "True")
+    assert table["msmt17"] is reid_data.datasets.image.MSMT17
+    with pytest.raises(RuntimeError, match="inside"):
+        with msmt17_train_with_val(True):
+            assert table["msmt17"] is MSMT17TrainVal
+            raise RuntimeError("inside")
+    assert table["msmt17"] is reid_data.datasets.image.MSMT17
+
+
+def write_authors_msmt17_folder(root: Path, written: Expected, test_pid_offset: int = 1041) -> None:
+    """The same images in the authors' Market-style MSMT17 folder, whose ``bounding_box_train``
+    holds MSMT17's whole training set (list_train and list_val images); test pids are moved past
+    the training ones, as Market-style names need one pid space."""
+    splits = {"bounding_box_train": (written.train + written.validation, 0),
+              "query": (written.query, test_pid_offset), "bounding_box_test": (written.gallery, test_pid_offset)}
+    for folder, (items, offset) in splits.items():
+        (root / "MSMT17" / folder).mkdir(parents=True)
+        for index, (path, pid, camid) in enumerate(items):
+            shutil.copy(path, root / "MSMT17" / folder / f"{pid + offset:04d}_c{camid + 1}_{index:04d}.jpg")
+
+
+def test_msmt17_folder_trains_on_its_whole_training_folder_like_msmt17_with_val(tmp_path):
+    written = write_msmt17_lists(tmp_path)
+    write_authors_msmt17_folder(tmp_path, written)
+    folder = launcher_manager(tmp_path, ["msmt17_folder"])
+    lists = launcher_manager(tmp_path, ["msmt17"], "msmt17.train_with_val", "True")
+
+    def images_per_identity_and_camera(manager) -> list:
+        return sorted(Counter((pid, camid) for _, pid, camid, _ in manager.train_loader.dataset.train).items())
+
+    assert len(folder.train_loader.dataset.train) == len(written.train) + len(written.validation)
+    assert (folder.num_train_pids, folder.num_train_cams) == (lists.num_train_pids, lists.num_train_cams)
+    assert images_per_identity_and_camera(folder) == images_per_identity_and_camera(lists)

@@ -1,6 +1,7 @@
 """Feature extraction and encoder export from a run directory, on a tiny untrained model."""
 import argparse
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -143,3 +144,18 @@ def test_missing_run_dir_is_a_clear_error(images, tmp_path):
         run_command(add_extract_parser, ["extract", missing, images, "--device", "cpu"])
     with pytest.raises(CheckpointError, match="No run directory or checkpoint"):
         run_command(add_export_parser, ["export", missing, "--format", "onnx"])
+
+
+def test_export_describes_the_test_time_resize(trained, tmp_path, capsys):
+    run, _, cfg = trained
+    assert cfg.dcac.test_resize_interpolation == "" and cfg.dcac.resize_interpolation == "bicubic"
+    bilinear_run = tmp_path / "bilinear-run"
+    bilinear_run.mkdir()
+    shutil.copy(os.path.join(run, "encoder.safetensors"), bilinear_run)
+    tested_bilinearly = cfg.clone()
+    tested_bilinearly.dcac.test_resize_interpolation = "bilinear"
+    (bilinear_run / "config.yaml").write_text(tested_bilinearly.dump())
+    for folder, resize in ((run, "bicubic"), (str(bilinear_run), "bilinear")):
+        assert run_command(add_export_parser, ["export", folder, "--format", "torchscript",
+                                               "--output", str(tmp_path / f"{resize}.pt")]) == 0
+        assert f"resize ({resize}) to {HEIGHT}x{WIDTH}" in capsys.readouterr().out

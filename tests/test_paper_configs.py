@@ -104,3 +104,39 @@ def test_every_shipped_config_builds():
     assert len(CONFIGS) == 24 + 8 + 2 * (5 + 2 + 3 + 3)  # singles, multis, ablations
     for path in CONFIGS:
         build_config(path, [])
+
+
+def read(path):
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def test_configs_with_an_msmt17_source_train_on_list_train_plus_list_val():
+    with_msmt17 = 0
+    for path in CONFIGS:
+        cfg, text = build_config(path, []), read(path)
+        if "msmt17" in cfg.data.sources:
+            with_msmt17 += 1
+            assert cfg.msmt17.train_with_val is True, path
+            assert "msmt17:\n  train_with_val: True" in text, f"{path} does not say it explicitly"
+        else:
+            assert "train_with_val" not in text, path
+    # MS -> 3 targets and 3 of the 4 leave-one-out settings, x 2 engines; 13 MS->MA ablations
+    assert with_msmt17 == 3 * 2 + 3 * 2 + 13
+
+
+def test_test_time_resize_follows_the_authors_loaders():
+    seen = set()
+    for path in CONFIGS:
+        cfg = build_config(path, [])
+        multi_source = len(cfg.data.sources) > 1
+        # Single-source: make_val_dataloader (bilinear); multi-source: make_dataloader_sd's (bicubic).
+        assert cfg.dcac.test_resize_interpolation == ("bicubic" if multi_source else "bilinear"), path
+        assert cfg.dcac.resize_interpolation == "bicubic", path  # training and the PCL memory
+        assert f"test_resize_interpolation: {cfg.dcac.test_resize_interpolation}" in read(path), path
+        seen.add(multi_source)
+    assert seen == {False, True}
+
+
+def test_paper_configs_train_with_mixed_precision_chosen_by_device():
+    assert all(build_config(path, []).train.amp == "auto" for path in CONFIGS)

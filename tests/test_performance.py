@@ -7,8 +7,10 @@ from torchreid import models
 
 from dcac_plugin.config import build_config
 from dcac_plugin.diffusion import save_tiny_stable_diffusion
+from dcac_plugin.engines import baseline as baseline_module
 from dcac_plugin.engines.dcac import DCACEngine, build_diffusion_feedback
-from dcac_plugin.launcher import apply_speed_options, check_config
+from dcac_plugin.launcher import apply_speed_options, check_config, resume
+from dcac_plugin.performance import resolve_amp
 from dcac_plugin.cli import demo_config_path
 from dcac_plugin.config import ConfigError
 
@@ -20,7 +22,7 @@ def tiny_sd(tmp_path_factory):
     return save_tiny_stable_diffusion(str(tmp_path_factory.mktemp("sd") / "tiny-sd"))
 
 
-def make_engine(tiny_sd, amp="off", *opts):
+def make_engine(tiny_sd, amp="off", *opts, use_gpu=False):
     torch.manual_seed(0)
     cfg = build_config(demo_config_path("dcac"), ["dcac.diffusion.pretrained", tiny_sd, "train.amp", amp, *opts])
     model = models.build_model("clip_vit_tiny", num_classes=4, loss="reid", pretrained=False)
@@ -28,7 +30,8 @@ def make_engine(tiny_sd, amp="off", *opts):
     apply_speed_options(cfg, model, feedback)
     params = list(model.parameters()) + [p for p in feedback.parameters() if p.requires_grad]
     manager = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=4, sources=[])
-    engine = DCACEngine(manager, model, torch.optim.SGD(params, lr=0.0), use_gpu=False, feedback=feedback, amp=amp)
+    engine = DCACEngine(manager, model, torch.optim.SGD(params, lr=0.0), use_gpu=use_gpu, feedback=feedback,
+                        amp=cfg.train.amp)
     return engine, model, feedback
 
 
@@ -90,3 +93,69 @@ def test_unknown_amp_mode_is_a_config_error():
     cfg = build_config(None, ["engine", "baseline", "train.amp", "fp8"])
     with pytest.raises(ConfigError, match="train.amp"):
         check_config(cfg)
+
+
+# ------------------------------------------------------------------- train.amp auto
+
+
+def bf16_support(native: bool, emulated: bool):
+    """A stand-in for torch.cuda.is_bf16_supported on a GPU with the given bf16 support."""
+    return lambda including_emulation=True: native or (including_emulation and emulated)
+
+
+@pytest.mark.parametrize("native,emulated,expected", [(True, True, "bf16"),  # Ampere and newer
+                                                      (False, True, "fp16"),  # V100, T4: bf16 only emulated
+                                                      (False, False, "fp16")])
+def test_auto_on_a_gpu_is_bf16_where_supported_else_fp16(monkeypatch, native, emulated, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_support(native, emulated))
+    assert resolve_amp("auto", torch.device("cuda", 0)) == expected
+
+
+def test_auto_on_the_cpu_is_off_and_explicit_modes_are_kept(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_support(True, True))
+    assert resolve_amp("auto", torch.device("cpu")) == "off"
+    for mode in ("off", "bf16", "fp16"):
+        assert resolve_amp(mode, torch.device("cpu")) == resolve_amp(mode, torch.device("cuda", 0)) == mode
+    with pytest.raises(ValueError, match="train.amp 'fp8'.*auto"):
+        resolve_amp("fp8", torch.device("cpu"))
+
+
+def test_engine_resolves_auto_once_before_its_scaler_and_prints_it(tiny_sd, monkeypatch, capsys):
+    # Asked for the GPU on a machine without one: the engine runs on the CPU, in fp32.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    engine, _, _ = make_engine(tiny_sd, "auto", use_gpu=True)
+    assert engine.device.type == "cpu" and engine.amp == "off" and not engine.scaler.is_enabled()
+    assert "Mixed precision: off (train.amp auto, cpu)" in capsys.readouterr().out
+    # Where auto resolves to fp16, the scaler is built for fp16.
+    monkeypatch.setattr(baseline_module, "resolve_amp", lambda mode, device: "fp16")
+    engine, _, _ = make_engine(tiny_sd, "auto")
+    assert engine.amp == "fp16" and engine.scaler.is_enabled()
+
+
+def test_auto_step_on_the_cpu_equals_the_fp32_step_exactly(tiny_sd, reference):
+    summary, grads = one_step(*make_engine(tiny_sd, "auto"))
+    ref_summary, ref_grads = reference
+    assert summary == ref_summary
+    assert set(grads) == set(ref_grads) and all(torch.equal(grads[n], ref_grads[n]) for n in grads)
+
+
+def test_resolved_fp16_scaler_state_survives_checkpoint_and_resume(tiny_sd, monkeypatch, tmp_path):
+    monkeypatch.setattr(baseline_module, "resolve_amp", lambda mode, device: "fp16" if mode == "auto" else mode)
+    engine, model, feedback = make_engine(tiny_sd, "auto")
+    one_step(engine, model, feedback)
+    saved = engine.scaler.state_dict()
+    assert saved["_growth_tracker"] == 1  # the step moved the scaler on
+    engine.write_checkpoints(0, 0.0, str(tmp_path))
+
+    resumed, resumed_model, resumed_feedback = make_engine(tiny_sd, "auto")
+    assert resumed.scaler.state_dict() != saved
+    assert resume(str(tmp_path), resumed_model, resumed) == 1
+    assert resumed.scaler.state_dict() == saved
+    one_step(resumed, resumed_model, resumed_feedback)  # and it trains on from there
+    assert resumed.scaler.state_dict()["_growth_tracker"] == 2
+
+    # The same checkpoint resumed where auto resolves to off (e.g. on the CPU): no scaler to restore.
+    monkeypatch.setattr(baseline_module, "resolve_amp", resolve_amp)
+    on_cpu, cpu_model, _ = make_engine(tiny_sd, "auto")
+    assert resume(str(tmp_path), cpu_model, on_cpu) == 1
+    assert on_cpu.amp == "off" and not on_cpu.scaler.is_enabled()

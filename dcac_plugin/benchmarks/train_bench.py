@@ -96,7 +96,7 @@ def measure_engine(engine_name: str, batch_size: int = 8, steps: int = 5, warmup
               f"{' (warm-up)' if step < warmup else ''}", flush=True)
     peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
             else peak_rss_kb() * 1024)
-    return {"engine": engine_name, "median_step_s": statistics.median(times), "step_times_s": times,
+    return {"engine": engine_name, "amp": engine.amp, "median_step_s": statistics.median(times), "step_times_s": times,
             "peak_memory_gb": round(peak / 2**30, 3),
             "peak_memory_kind": "cuda max allocated" if dev.type == "cuda" else "process peak RSS"}
 

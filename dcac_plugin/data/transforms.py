@@ -3,13 +3,20 @@
 torchreid's ``build_transforms`` resizes bilinearly and knows only its enlarge-and-crop
 (``random_crop``); the DCAC reference resizes bicubically and pads 10 pixels before a
 random crop. Both are offered under distinct names so a config says which it means.
+
+The reference resizes with two interpolations: bicubic in training and in the pass that
+builds the PCL memory (its "cluster" loader), and at test time bilinearly for single-source
+runs (its ``make_val_dataloader``, torchvision's default) but bicubically for multi-source
+runs. Hence two config keys: ``dcac.resize_interpolation`` (training, memory) and
+``dcac.test_resize_interpolation`` (evaluation, extraction, export, visualisation).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, Tuple
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torchvision.transforms as T
 from PIL import Image
+from yacs.config import CfgNode as CN
 
 from torchreid import data as reid_data
 
@@ -19,11 +26,26 @@ INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest
 TRAIN_TRANSFORMS = ("random_flip", "random_crop", "pad_crop", "random_patch", "color_jitter", "random_erase")
 
 
+class ReidTransforms(NamedTuple):
+    """The Re-ID view's transforms of one run."""
+
+    train: Callable  # augmented, training interpolation
+    memory: Callable  # no augmentation, training interpolation: the PCL memory pass (reference's cluster loader)
+    test: Callable  # no augmentation, test interpolation: evaluation, extraction, export, visualisation
+
+
 def _interpolation(name: str):
     try:
         return INTERPOLATIONS[name]
     except KeyError:
         raise ValueError(f"Unknown resize interpolation {name!r}; use one of {sorted(INTERPOLATIONS)}") from None
+
+
+def plain_transform(height: int, width: int, norm_mean: Sequence[float], norm_std: Sequence[float],
+                    interpolation: str) -> Callable:
+    """The Re-ID view without augmentation: resize with ``interpolation``, to tensor, normalise."""
+    return T.Compose([T.Resize((height, width), interpolation=_interpolation(interpolation)), T.ToTensor(),
+                      T.Normalize(mean=list(norm_mean), std=list(norm_std))])
 
 
 def build_reid_transforms(
@@ -33,13 +55,15 @@ def build_reid_transforms(
     norm_mean: Sequence[float],
     norm_std: Sequence[float],
     interpolation: str = "bicubic",
+    test_interpolation: Optional[str] = None,
     pad: int = 10,
-) -> Tuple[Callable, Callable]:
-    """(train, test) transforms of the Re-ID view.
+) -> ReidTransforms:
+    """The train, memory and test transforms of the Re-ID view.
 
-    ``transforms`` names, applied in this fixed order: random_flip (p 0.5), random_crop
-    (torchreid: enlarge 1.125x and crop), pad_crop (pad ``pad`` zeros, random crop),
-    random_patch, color_jitter (torchreid's settings), random_erase (torchreid's
+    ``interpolation`` resizes in training and for the memory; ``test_interpolation`` (default:
+    the same) at test time. ``transforms`` names, applied in this fixed order: random_flip
+    (p 0.5), random_crop (torchreid: enlarge 1.125x and crop), pad_crop (pad ``pad`` zeros,
+    random crop), random_patch, color_jitter (torchreid's settings), random_erase (torchreid's
     RandomErasing: p 0.5, area 0.02-0.4, aspect 0.3, filled with the normalisation mean).
     """
     names = [t.lower() for t in ([transforms] if isinstance(transforms, str) else transforms)]
@@ -68,17 +92,33 @@ def build_reid_transforms(
     train += [T.ToTensor(), normalize]
     if "random_erase" in names:
         train.append(reid_data.transforms.RandomErasing(mean=list(norm_mean)))
-    test = [T.Resize(size, interpolation=resample), T.ToTensor(), normalize]
-    return T.Compose(train), T.Compose(test)
+    return ReidTransforms(train=T.Compose(train),
+                          memory=plain_transform(height, width, norm_mean, norm_std, interpolation),
+                          test=plain_transform(height, width, norm_mean, norm_std, test_interpolation or interpolation))
 
 
-def install_transforms(datamanager, train_transform: Callable, test_transform: Callable) -> None:
-    """Replace the transforms torchreid's ImageDataManager built, in every loader it made."""
-    datamanager.transform_tr, datamanager.transform_te = train_transform, test_transform
-    datamanager.train_loader.dataset.transform = train_transform
+def evaluation_interpolation(cfg: CN) -> str:
+    """``dcac.test_resize_interpolation``, or the training one when it is empty (the default,
+    so that configs written before the key existed keep testing as they trained)."""
+    return cfg.dcac.test_resize_interpolation or cfg.dcac.resize_interpolation
+
+
+def reid_transforms(cfg: CN) -> ReidTransforms:
+    """The Re-ID view's transforms a config describes."""
+    return build_reid_transforms(cfg.data.height, cfg.data.width, cfg.data.transforms, cfg.data.norm_mean,
+                                 cfg.data.norm_std, interpolation=cfg.dcac.resize_interpolation,
+                                 test_interpolation=evaluation_interpolation(cfg))
+
+
+def install_transforms(datamanager, transforms: ReidTransforms) -> None:
+    """Replace the transforms torchreid's ImageDataManager built, in every loader it made; the
+    memory transform goes to ``datamanager.transform_memory`` (torchreid has no such pass)."""
+    datamanager.transform_tr, datamanager.transform_te = transforms.train, transforms.test
+    datamanager.transform_memory = transforms.memory
+    datamanager.train_loader.dataset.transform = transforms.train
     if getattr(datamanager, "train_loader_t", None) is not None:
-        datamanager.train_loader_t.dataset.transform = train_transform
+        datamanager.train_loader_t.dataset.transform = transforms.train
     for loaders in datamanager.test_loader.values():
         for loader in loaders.values():
             if loader is not None:
-                loader.dataset.transform = test_transform
+                loader.dataset.transform = transforms.test

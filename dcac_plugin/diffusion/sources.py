@@ -148,7 +148,7 @@ def _offline_error(repo_id: str, reason: str, ema_weights: bool) -> DiffusionWei
     files = [CONFIG_FILES["unet"], unet, CONFIG_FILES["vae"], weight_files("vae")[0], CONFIG_FILES["scheduler"]]
     return DiffusionWeightsError(
         f"Stable Diffusion {repo_id!r} is not in the local Hugging Face cache and {reason}. Download "
-        f"{', '.join(files)} from {repo_url(repo_id)} into one folder (or the single "
+        f"{', '.join(files)} from {repo_url(repo_id)} into one folder, keeping their sub-folders (or the single "
         f"file {file_url(DEFAULT_PRETRAINED, 'v1-5-pruned.safetensors')}) and set dcac.diffusion.pretrained "
         "/path/to/that/folder-or-file.")
 

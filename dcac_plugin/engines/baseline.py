@@ -13,7 +13,7 @@ from torchreid import metrics as reid_metrics
 from .. import distributed
 from ..config import device_kwargs
 from ..data.loaders import image_list_loader, train_items
-from ..performance import autocast, full_precision, grad_scaler
+from ..performance import autocast, full_precision, grad_scaler, resolve_amp
 from ..rng import preserved_rng
 from ..registry import ENGINES, LOSSES
 from .common import RunRecordMixin
@@ -50,8 +50,10 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
         self.pcl_weight = pcl_weight
         self.memory_batch_size = memory_batch_size
         self.memory_workers = memory_workers
-        self.amp = amp
-        self.scaler = grad_scaler(self.device, amp)
+        # train.amp auto becomes a concrete mode here, once, before the scaler depends on it.
+        self.amp = resolve_amp(amp, self.device)
+        print(f"Mixed precision: {self.amp} (train.amp {amp}, {self.device.type})")
+        self.scaler = grad_scaler(self.device, self.amp)
 
     @classmethod
     def from_config(cls, cfg, datamanager, model, optimizer, scheduler, use_gpu: bool, **extra):
@@ -65,13 +67,14 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
 
     @torch.no_grad()
     def extract_train_features(self) -> tuple:
-        """Eval-mode BN features (L2-normalised by the model) of every training image,
-        with the test transform, and their labels.
+        """Eval-mode BN features (L2-normalised by the model) of every training image, and their
+        labels; the images resized with the training interpolation and not augmented
+        (``datamanager.transform_memory``), as the reference's cluster loader does.
 
         Under torchrun each rank extracts its share and all ranks receive all features,
         so the memory built from them is the same everywhere.
         """
-        loader = image_list_loader(distributed.shard(train_items(self.datamanager)), self.datamanager.transform_te,
+        loader = image_list_loader(distributed.shard(train_items(self.datamanager)), self.datamanager.transform_memory,
                                    self.memory_batch_size, self.memory_workers, pin_memory=self.use_gpu)
         was_training = self.model.training
         self.model.eval()

@@ -95,15 +95,13 @@ def classifier_checkpoint(run: str) -> str:
 
 def save_gradcam_grid(run: str, images: Sequence[str], class_index: int, out_path: str) -> str:
     """One PNG row per image: the image at the model's input size, then its GradCAM overlay for ``class_index``."""
-    from ..data.transforms import build_reid_transforms
+    from ..extract import eval_transform
     from ..inference import load_trained_model
 
     if not images:
         raise ValueError("No images given for GradCAM.")
     model, cfg, _ = load_trained_model(classifier_checkpoint(run))
-    _, test_transform = build_reid_transforms(cfg.data.height, cfg.data.width, cfg.data.transforms,
-                                              cfg.data.norm_mean, cfg.data.norm_std,
-                                              interpolation=cfg.dcac.resize_interpolation)
+    test_transform = eval_transform(cfg)
     rows = []
     for path in images:
         picture = Image.open(path).convert("RGB")
