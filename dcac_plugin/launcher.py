@@ -247,6 +247,8 @@ def prepare(cfg: CN) -> PreparedRun:
     print(f"Building {cfg.engine}-engine")
     extra = {"auxiliary": auxiliary} if hasattr(engine_cls, "build_auxiliary") else {}
     engine = engine_cls.from_config(cfg, datamanager, model, optimizer, scheduler, use_gpu, **extra)
+    if hasattr(engine, "setup_summary") and not cfg.test.evaluate:
+        print(f"{cfg.engine} run built from:\n" + "\n".join(f"  {line}" for line in engine.setup_summary(cfg)))
     run_kwargs = engine_run_kwargs(cfg)
     if cfg.model.resume:
         run_kwargs["start_epoch"] = resume(cfg.model.resume, model, engine)

@@ -22,6 +22,26 @@ def isolated_cache(tmp_path_factory):
     yield os.environ["DCAC_CACHE"]
 
 
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face hub cache in use for this test, and the hub probe forgotten."""
+    import huggingface_hub
+
+    from dcac_plugin import hub
+
+    cache = tmp_path / "hf-hub"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    hub._probe.cache_clear()
+    yield cache
+    hub._probe.cache_clear()
+
+
+def refuse_download(*args, **kwargs):
+    """Stands in for a download function: a test that must not download fails if it is called."""
+    raise AssertionError("a download was attempted")
+
+
 def fixed_dcac_batch(engine, model) -> dict:
     """A fixed two-view batch of 4 identities x 2 images, with the engine's PCL memory built from it.
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sd_release
-from dcac_plugin import hub
+from conftest import refuse_download
 from dcac_plugin.models.clip_weights import ClipWeightsError, read_clip_visual_weights, resolve_clip_weights_file
 
 OPENAI_HUB_REPO = "timm/vit_base_patch16_clip_224.openai"  # open_clip's hf_hub entry for ViT-B-16 / openai
@@ -15,24 +15,16 @@ OPENAI_URL = open_clip.get_pretrained_cfg("ViT-B-16", "openai")["url"]
 
 
 @pytest.fixture
-def empty_caches(tmp_path, monkeypatch):
+def empty_caches(hub_cache, tmp_path, monkeypatch):
     """An empty Hugging Face cache and an empty home (open_clip's ~/.cache/clip) for this test."""
-    cache = tmp_path / "hf-hub"
-    cache.mkdir()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    hub._probe.cache_clear()
-    yield cache
-    hub._probe.cache_clear()
+    return hub_cache
 
 
 @pytest.fixture
 def no_downloads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a download was attempted")
-
-    monkeypatch.setattr(open_clip, "download_pretrained", refuse)
-    monkeypatch.setattr(open_clip, "create_model", refuse)
+    monkeypatch.setattr(open_clip, "download_pretrained", refuse_download)
+    monkeypatch.setattr(open_clip, "create_model", refuse_download)
 
 
 def tiny_open_clip_state():

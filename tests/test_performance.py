@@ -120,12 +120,13 @@ def test_auto_on_the_cpu_is_off_and_explicit_modes_are_kept(monkeypatch):
         resolve_amp("fp8", torch.device("cpu"))
 
 
-def test_engine_resolves_auto_once_before_its_scaler_and_prints_it(tiny_sd, monkeypatch, capsys):
+def test_engine_resolves_auto_once_before_its_scaler_and_reports_it(tiny_sd, monkeypatch):
     # Asked for the GPU on a machine without one: the engine runs on the CPU, in fp32.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     engine, _, _ = make_engine(tiny_sd, "auto", use_gpu=True)
     assert engine.device.type == "cpu" and engine.amp == "off" and not engine.scaler.is_enabled()
-    assert "Mixed precision: off (train.amp auto, cpu)" in capsys.readouterr().out
+    assert "Mixed precision: off (train.amp auto, cpu)" in engine.setup_summary(
+        build_config(demo_config_path("dcac"), ["dcac.diffusion.pretrained", tiny_sd, "train.amp", "auto"]))
     # Where auto resolves to fp16, the scaler is built for fp16.
     monkeypatch.setattr(baseline_module, "resolve_amp", lambda mode, device: "fp16")
     engine, _, _ = make_engine(tiny_sd, "auto")

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import sd_release as release
+from conftest import refuse_download
 from dcac_plugin import hub
 from dcac_plugin.diffusion import SD15_CONFIG_DIR, DiffusionWeightsError, check_noise_schedule, load_diffusion_components
 from dcac_plugin.diffusion.components import sd15_betas
@@ -31,24 +32,10 @@ def release_folder(tmp_path_factory, weights):
 
 
 @pytest.fixture
-def hub_cache(tmp_path, monkeypatch):
-    """An empty Hugging Face hub cache in use for this test; the hub probe forgotten."""
-    cache = tmp_path / "hf-hub"
-    cache.mkdir()
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    hub._probe.cache_clear()
-    yield cache
-    hub._probe.cache_clear()
-
-
-@pytest.fixture
 def no_downloads(monkeypatch):
     """Any attempt to list or download from the hub fails the test."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("a download was attempted")
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", refuse)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse_download)
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", refuse_download)
 
 
 def same_weights(module, state) -> bool:
@@ -198,3 +185,40 @@ def test_unreachable_hub_is_probed_once_and_fails_without_retries(hub_cache, no_
         with pytest.raises(DiffusionWeightsError, match=r"http://127\.0\.0\.1:9 cannot be reached"):
             load_diffusion_components(release.REPO_ID)
     assert requests == ["http://127.0.0.1:9"]  # one short request for the whole process, no retries
+
+
+# ------------------------------------------------------------------- what a dcac run logs first
+
+def test_a_dcac_run_says_what_it_was_built_from(release_folder, weights, data_root, tmp_path, capsys):
+    """Built through the launcher from the published release: the log names the CLIP and SD
+    sources, the U-Net copy, fine-tuning, condition, trainable counts, precision and cache."""
+    from dcac_plugin.cli import demo_config_path
+    from dcac_plugin.config import build_config
+    from dcac_plugin.launcher import prepare
+    from dcac_plugin.models.clip_reid import build_clip_visual
+
+    clip_file = tmp_path / "clip.pt"
+    torch.save(build_clip_visual("tiny").state_dict(), clip_file)  # a 14x14-grid tower, as CLIP's files
+    cfg = build_config(demo_config_path("dcac"), [
+        "data.root", data_root, "data.save_dir", str(tmp_path / "run"), "model.pretrained", "True",
+        "dcac.clip_weights", str(clip_file), "dcac.diffusion.pretrained", str(release_folder), "dcac.lora.rank", "4",
+        "dcac.condition.temperature", "0.6", "train.amp", "auto"])
+    prepared = prepare(cfg)
+    log = capsys.readouterr().out
+    num_ids = prepared.engine.datamanager.num_train_pids
+    reid = sum(p.numel() for p in prepared.model.parameters() if p.requires_grad)
+    lora = sum(p.numel() for n, p in prepared.engine.feedback.named_parameters() if "lora_" in n)
+    condition = num_ids * release.TINY_PROMPT_DIM
+    expected = [
+        "dcac run built from:",
+        f"  CLIP weights: {clip_file}",
+        f"  Stable Diffusion: {release_folder}: non-EMA U-Net (unet/diffusion_pytorch_model.non_ema.*)",
+        "  U-Net fine-tuning: lora, rank 4, alpha 1 (scale 0.25)",
+        "  Condition: correlation, transform none, tau_c 0.6, lambda 1",
+        f"  Trainable parameters: Re-ID model {reid:,}; condition {condition:,}; U-Net {lora:,}; "
+        f"total {reid + condition + lora:,}",
+        "  Mixed precision: off (train.amp auto, cpu)",
+        f"  Latent cache: on ({tmp_path / 'run' / 'latent_cache.pth'})",
+    ]
+    for line in expected:
+        assert line in log, line

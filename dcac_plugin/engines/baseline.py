@@ -1,7 +1,7 @@
 """Engine ``baseline``: CLIP Re-ID model trained with L_id + L_pcl (DCAC paper, eq. 8)."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List
 
 import torch
 from torch import nn
@@ -13,6 +13,7 @@ from torchreid import metrics as reid_metrics
 from .. import distributed
 from ..config import device_kwargs
 from ..data.loaders import image_list_loader, train_items
+from ..diffusion.adaptation import count_parameters
 from ..performance import autocast, full_precision, grad_scaler, resolve_amp
 from ..rng import preserved_rng
 from ..registry import ENGINES, LOSSES
@@ -51,8 +52,8 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
         self.memory_batch_size = memory_batch_size
         self.memory_workers = memory_workers
         # train.amp auto becomes a concrete mode here, once, before the scaler depends on it.
+        self.amp_setting = amp
         self.amp = resolve_amp(amp, self.device)
-        print(f"Mixed precision: {self.amp} (train.amp {amp}, {self.device.type})")
         self.scaler = grad_scaler(self.device, self.amp)
 
     @classmethod
@@ -62,6 +63,13 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
                    pcl_momentum=cfg.dcac.pcl.momentum, pcl_weight=cfg.dcac.pcl.weight,
                    memory_batch_size=cfg.test.batch_size, memory_workers=cfg.data.workers, amp=cfg.train.amp,
                    **extra)
+
+    def setup_summary(self, cfg) -> List[str]:
+        """What this run was built from, for the log: weights, trainable counts, precision."""
+        trainable = count_parameters(self.model)["trainable"]
+        return [f"CLIP weights: {getattr(self.model, 'weights_source', cfg.model.name)}",
+                f"Trainable parameters: Re-ID model {trainable:,}",
+                f"Mixed precision: {self.amp} (train.amp {self.amp_setting}, {self.device.type})"]
 
     # ------------------------------------------------------------------ PCL memory
 

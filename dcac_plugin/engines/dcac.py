@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -11,7 +11,8 @@ from .. import distributed
 from ..conditioning import CorrelationAwareCondition
 from ..data.loaders import train_items
 from ..data.views import diffusion_view_transform
-from ..diffusion import (DiffusionComponents, DiffusionDenoiser, apply_finetune_mode, load_diffusion_components,
+from ..diffusion import (DiffusionComponents, DiffusionDenoiser, apply_finetune_mode, count_parameters,
+                         load_diffusion_components,
                          load_trainable_state_dict, sample_from_posterior, save_tiny_stable_diffusion,
                          trainable_state_dict)
 from ..diffusion.latent_cache import LatentCache, vae_fingerprint
@@ -44,10 +45,13 @@ class DiffusionFeedback(nn.Module):
     transform, adapters or trained U-Net parts), never the frozen U-Net or the VAE.
     """
 
-    def __init__(self, condition: CorrelationAwareCondition, denoiser: DiffusionDenoiser) -> None:
+    def __init__(self, condition: CorrelationAwareCondition, denoiser: DiffusionDenoiser,
+                 weights_description: str = "") -> None:
         super().__init__()
         self.condition = condition
         self.denoiser = denoiser
+        # Where the Stable Diffusion weights came from and which U-Net copy, for the run log.
+        self.weights_description = weights_description
 
     def forward(self, images: Optional[torch.Tensor], logits: torch.Tensor, features: torch.Tensor,
                 labels: torch.Tensor, latents: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -79,7 +83,7 @@ def build_diffusion_feedback(cfg, num_classes: int, feature_dim: int,
     condition = CorrelationAwareCondition(num_classes, feature_dim, prompt_dim=denoiser.prompt_dim,
                                           mode=cfg.dcac.condition.mode, transform=cfg.dcac.condition.transform,
                                           temperature=cfg.dcac.condition.temperature)
-    return DiffusionFeedback(condition, denoiser)
+    return DiffusionFeedback(condition, denoiser, components.description)
 
 
 @ENGINES.register("dcac")
@@ -103,6 +107,31 @@ class DCACEngine(BaselineEngine):
         self.latent_cache_path = latent_cache_path
         self.diffusion_image_size = diffusion_image_size
         self.latent_cache: Optional[LatentCache] = None
+
+    def setup_summary(self, cfg) -> List[str]:
+        """The baseline's lines plus the diffusion branch: Stable Diffusion source and U-Net copy,
+        fine-tuning, condition, trainable counts, latent cache."""
+        lines = super().setup_summary(cfg)
+        if self.feedback is None:
+            return lines
+        dcac = cfg.dcac
+        finetune = dcac.finetune
+        if finetune == "lora":
+            finetune += f", rank {dcac.lora.rank}, alpha {dcac.lora.alpha:g} (scale {dcac.lora.alpha / dcac.lora.rank:g})"
+        condition = self.feedback.condition
+        condition_count = count_parameters(condition)["trainable"]
+        unet_count = count_parameters(self.feedback.denoiser)["trainable"]
+        reid_count = count_parameters(self.model)["trainable"]
+        cache = f"on ({self.latent_cache_path})" if self.latent_cache_path else "off (the VAE encodes every step)"
+        lines[1:2] = [
+            f"Stable Diffusion: {self.feedback.weights_description}",
+            f"U-Net fine-tuning: {finetune}",
+            f"Condition: {condition.mode}, transform {dcac.condition.transform}, tau_c {condition.temperature:g}, "
+            f"lambda {self.lambda_dif:g}",
+            f"Trainable parameters: Re-ID model {reid_count:,}; condition {condition_count:,}; "
+            f"U-Net {unet_count:,}; total {reid_count + condition_count + unet_count:,}",
+        ]
+        return lines + [f"Latent cache: {cache}"]
 
     @staticmethod
     def needs_diffusion_view(cfg) -> bool:
