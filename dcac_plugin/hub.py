@@ -28,7 +28,7 @@ def offline_by_environment() -> bool:
 def _probe(endpoint: str, timeout: float) -> Optional[str]:
     """None when ``endpoint`` answers at all (any HTTP status), else why it cannot be reached."""
     try:
-        get_session().head(endpoint, timeout=timeout, follow_redirects=False)
+        get_session().head(endpoint, timeout=timeout)  # redirects are not followed: one request
     except Exception as error:  # connection refused, DNS failure, timeout, proxy error ...
         return f"{endpoint} cannot be reached ({type(error).__name__})"
     return None
