@@ -1,26 +1,21 @@
-"""The ``dcac`` command: ``train``, ``demo``, ``config``, ``stats``, ``bench``, ``experiments``, ``extract``,
-``export``, ``visualize``."""
+"""The implementations of ``dcac train``, ``demo``, ``config``, ``configs``, ``stats`` and ``bench``.
+
+The parser and the entry point are :mod:`dcac_cli` (standard library only, so ``--help``
+answers at once); it imports this module only to run a command. ``main`` is re-exported so
+that ``python -m dcac_plugin.cli`` (torchrun) and ``from dcac_plugin.cli import main`` keep working.
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import os.path as osp
 import sys
-from typing import List, Optional, Sequence
+from typing import Sequence
 
-DEMO_ENGINES = ("softmax", "baseline", "dcac")
-CONFIG_DIR = osp.join(osp.dirname(osp.abspath(__file__)), "configs")
+from dcac_cli import main
 
-
-def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of upstream torchreid's scripts/main.py."""
-    parser.add_argument("--config-file", type=str, default="", help="path to a YAML config file")
-    parser.add_argument("-s", "--sources", type=str, nargs="+", help="source datasets (delimited by space)")
-    parser.add_argument("-t", "--targets", type=str, nargs="+", help="target datasets (delimited by space)")
-    parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation")
-    parser.add_argument("--root", type=str, default="", help="path to data root")
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
-                        help="modify config options with KEY VALUE pairs, e.g. train.max_epoch 10")
+from .errors import UsageError
+from .shipped import CONFIG_DIR, DEMO_GROUP, PAPER_GROUPS, config_group, shipped_configs, shipped_run_lists
 
 
 def config_from_args(args: argparse.Namespace):
@@ -31,6 +26,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def demo_config_path(engine: str) -> str:
+    """The shipped config ``dcac demo`` trains ``engine`` with (package data, whatever the current directory)."""
     return osp.join(CONFIG_DIR, f"demo_{engine}.yaml")
 
 
@@ -96,8 +92,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     summaries = []
     for engine in args.engines:
         path = demo_config_path(engine)
-        if not osp.isfile(path):
-            raise SystemExit(f"No demo config for engine {engine!r}; available: {', '.join(DEMO_ENGINES)}")
         opts = ["data.root", args.root, "data.save_dir", osp.join(args.save_dir, engine)] + list(args.opts or [])
         print(f"\n===== demo: engine {engine} ({path}) =====", flush=True)
         summaries.append(run(build_config(path, opts)))
@@ -110,93 +104,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dcac", description="DCAC Re-ID on torchreid")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", help="train and/or evaluate from a torchreid-style YAML config",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_launcher_arguments(train)
-    train.set_defaults(func=cmd_train)
-
-    config = sub.add_parser("config", help="print the merged config (defaults, file, overrides)")
-    add_launcher_arguments(config)
-    config.set_defaults(func=cmd_config)
-
-    stats = sub.add_parser("stats", help="parameter counts per component (real-size architectures, no downloads)")
-    add_launcher_arguments(stats)
-    stats.add_argument("--num-classes", type=int, default=None,
-                       help="training identities (default: the standard datasets' counts for data.sources)")
-    stats.set_defaults(func=cmd_stats)
-
-    from .performance import AMP_CHOICES
-
-    bench = sub.add_parser("bench", help="benchmarks that print JSON figures",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    bench_sub = bench.add_subparsers(dest="what", required=True)
-    bench_train = bench_sub.add_parser("train", help="median step time and peak memory, baseline vs dcac "
-                                                     "(real-size architectures, random init)",
-                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    bench_train.add_argument("--batch-size", type=int, default=8)
-    bench_train.add_argument("--steps", type=int, default=5, help="measured steps (after warm-up)")
-    bench_train.add_argument("--warmup", type=int, default=2)
-    bench_train.add_argument("--amp", default="off", choices=list(AMP_CHOICES),
-                             help="auto: bf16 on GPUs that support it, else fp16 on a GPU, off on the CPU")
-    bench_train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    bench_train.add_argument("--rank", type=int, default=8, help="LoRA rank")
-    bench_train.add_argument("--no-latent-cache", action="store_true", help="encode the diffusion view every step")
-    bench_train.add_argument("--gradient-checkpointing", action="store_true")
-    bench_eval = bench_sub.add_parser("eval", help="ranking metrics: Market-1501 size vs torchreid, MSMT17 size "
-                                                   "end to end from features")
-    bench_eval.add_argument("--skip-market", action="store_true", help="skip the torchreid comparison (about 70 s)")
-    bench_eval.add_argument("--skip-msmt", action="store_true")
-    bench.set_defaults(func=cmd_bench)
-
-    from .experiments import add_experiments_parser
-    from .export import add_export_parser
-    from .extract import add_extract_parser
-    from .visualize.cli import add_visualize_parser
-
-    add_experiments_parser(sub)
-    add_extract_parser(sub)
-    add_export_parser(sub)
-    add_visualize_parser(sub)
-
-    demo = sub.add_parser("demo", help="the embedded synthetic demo: train on synthetic_a, test on synthetic_b, "
-                                       "with tiny random-init models on CPU",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    demo.add_argument("--root", default="reid-data", help="data root; the synthetic datasets are written here once")
-    demo.add_argument("--save-dir", default=osp.join("log", "demo"), help="logs, checkpoints and results")
-    demo.add_argument("--engines", nargs="+", default=list(DEMO_ENGINES), choices=list(DEMO_ENGINES))
-    demo.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides applied to every demo run")
-    demo.set_defaults(func=cmd_demo)
-    return parser
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    import dcac_plugin  # noqa: F401  (registers models, datasets, engines)
-
-    try:
-        return args.func(args)
-    except user_errors() as err:
-        print(f"dcac: error: {err}", file=sys.stderr)
-        return 2
-
-
-def user_errors() -> tuple:
-    """Errors caused by input (config, data, weights, checkpoints, a diverging run): their
-    messages name the problem and the fix, so they end the command without a traceback."""
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data.images import ImageReadError
-    from .data.layouts import DatasetLayoutError
-    from .diffusion import DiffusionWeightsError
-    from .engines.common import NonFiniteLossError
-    from .models.clip_reid import ClipWeightsError
-
-    return (ConfigError, CheckpointError, ClipWeightsError, DiffusionWeightsError, DatasetLayoutError, ImageReadError,
-            NonFiniteLossError)
+def cmd_configs(args: argparse.Namespace) -> int:
+    """``dcac configs [FILTER]``: the shipped configs by group, then the run lists, by name."""
+    text = args.filter.lower()
+    configs = [name for name in shipped_configs() if text in name.lower()]
+    run_lists = [name for name in shipped_run_lists() if text in name.lower()]
+    if not configs and not run_lists:
+        raise UsageError(f"No shipped config or run list name contains {args.filter!r}; `dcac configs` lists them all.")
+    for group in (*PAPER_GROUPS, DEMO_GROUP):
+        names = [name for name in configs if config_group(name) == group]
+        if names:
+            print(f"{group} ({len(names)}):\n" + "\n".join(f"  {name}" for name in names))
+    if run_lists:
+        print(f"run lists of dcac experiments ({len(run_lists)}):\n  " + " ".join(run_lists))
+    print("\nPass a config's name (or a path) to --config-file of train, config, stats, extract and export, "
+          "or names to dcac experiments.")
+    return 0
 
 
 if __name__ == "__main__":

@@ -13,13 +13,11 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import yaml
 from yacs.config import CfgNode as CN
 
+from .errors import ConfigError
 from .registry import nearest_name
+from .shipped import resolve_config
 
 PAPER_ENGINES = ("baseline", "dcac")
-
-
-class ConfigError(ValueError):
-    """A config key or value is wrong; the message names it and the fix."""
 
 
 def get_default_config() -> CN:
@@ -270,18 +268,18 @@ def build_config(
 ) -> CN:
     """The launcher's config: defaults, [paper recipe], file, command-line flags, KEY VALUE pairs.
 
-    Flags and pairs are applied in upstream torchreid's order (``reset_config`` then
-    ``merge_from_list``). Unknown keys raise :class:`ConfigError` naming the nearest key.
+    ``config_file`` is a path or the name of a shipped config (``single/dcac_market1501_to_msmt17``,
+    see :func:`~dcac_plugin.shipped.resolve_config`). Flags and pairs are applied in upstream
+    torchreid's order (``reset_config`` then ``merge_from_list``). Unknown keys raise
+    :class:`ConfigError` naming the nearest key.
     """
     if len(opts) % 2:
         raise ConfigError(f"Command-line overrides come in KEY VALUE pairs; got an odd list: {list(opts)}")
     file_overrides: dict = {}
     if config_file:
-        try:
-            with open(config_file, encoding="utf-8") as handle:
-                file_overrides = yaml.safe_load(handle) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"Config file not found: {config_file}") from None
+        config_file = resolve_config(config_file)
+        with open(config_file, encoding="utf-8") as handle:
+            file_overrides = yaml.safe_load(handle) or {}
         if not isinstance(file_overrides, dict):
             raise ConfigError(f"Config file {config_file} must hold a YAML mapping of keys, not {type(file_overrides).__name__}.")
     cli_overrides = _nested(list(opts))

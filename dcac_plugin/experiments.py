@@ -13,19 +13,19 @@ import argparse
 import csv
 import io
 import json
-import os
 import os.path as osp
-import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .checkpoint import atomic_write
-from .config import ConfigError, build_config
+from .config import build_config
 from .distributed import launched_info
+from .errors import CommandFailed, ConfigError
 from .protocols import domain, paper_variant, setting_name
+from .registry import nearest_names
+from .shipped import (CONFIG_SUFFIXES, RUN_LIST_SUFFIX, resolve_config, resolve_run_list, shipped_config,
+                      shipped_configs, shipped_run_list, shipped_run_lists)
 
 PAPER_RESULTS = osp.join(osp.dirname(osp.abspath(__file__)), "paper_results.csv")
-RUN_LIST_SUFFIXES = (".txt",)
-CONFIG_SUFFIXES = (".yaml", ".yml")
 
 TABLE_COLUMNS = ("config", "run", "status", "setting", "variant", "sources", "target", "mAP", "rank1",
                  "paper_mAP", "paper_rank1", "delta_mAP", "delta_rank1", "paper_tables")
@@ -259,55 +259,40 @@ def write_tables(rows: Sequence[dict], out_dir: str) -> Tuple[str, str]:
 
 # --------------------------------------------------------------------------------- CLI
 
-def add_experiments_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
-    """The ``experiments`` sub-command of ``dcac``."""
-    parser = subparsers.add_parser(
-        "experiments", help="run lists of configs one after another (skip done runs, resume interrupted ones) "
-                            "and tabulate the results beside the paper's",
-        description="Options go before the run lists; KEY VALUE overrides for every run go after them.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("lists_or_configs", nargs="+",
-                        help="run lists (.txt: one config path a line, relative to the list), configs (.yaml), or the "
-                             "name of a shipped list of the paper's runs: table2 table3 table4 table5 table7 "
-                             "table9 table10")
-    parser.add_argument("--out", default=osp.join("log", "experiments"),
-                        help="each run goes to <out>/<config stem>; results.md and results.csv go here")
-    parser.add_argument("--root", default="", help="data root for every run (data.root)")
-    parser.add_argument("--keep-going", action="store_true", help="record a failed run and go on with the next")
-    parser.add_argument("--collect-only", action="store_true", help="no training: only write and print the tables")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides applied to every run")
-    parser.set_defaults(func=cmd_experiments)
-    return parser
+def _shipped_item(item: str) -> Optional[List[str]]:
+    """The configs a positional item names, or None when it names none (KEY VALUE pairs start).
 
-
-def packaged_run_lists() -> Dict[str, str]:
-    """{'table2': path, ...}: the run lists shipped for each table of the paper, by name."""
-    folder = osp.join(osp.dirname(osp.abspath(__file__)), "configs", "paper", "lists")
-    return {osp.splitext(name)[0]: osp.join(folder, name) for name in sorted(os.listdir(folder))
-            if name.endswith(".txt")} if osp.isdir(folder) else {}
+    Suffixes decide for paths (a ``.txt`` run list, a ``.yaml`` config: a file or a shipped
+    name); a bare word counts only when it is a shipped run list or config name.
+    """
+    if item.endswith(RUN_LIST_SUFFIX):
+        return read_run_list(resolve_run_list(item))
+    if item.endswith(CONFIG_SUFFIXES):
+        return [resolve_config(item)]
+    run_list, config = shipped_run_list(item), shipped_config(item)
+    if run_list:
+        return read_run_list(run_list)
+    return [config] if config else None
 
 
 def _runs_and_opts(items: Sequence[str], opts: Sequence[str]) -> Tuple[List[str], List[str]]:
     """Config paths from the positional items, and the KEY VALUE pairs.
 
     argparse gives every positional word to ``lists_or_configs``; the run lists and
-    configs are the leading ones with their suffixes, the rest are KEY VALUE pairs.
+    configs are the leading ones (paths or shipped names), the rest are KEY VALUE pairs.
     """
     configs: List[str] = []
     for position, item in enumerate(items):
-        if item.endswith(RUN_LIST_SUFFIXES):
-            configs.extend(read_run_list(item))
-        elif item in packaged_run_lists():
-            configs.extend(read_run_list(packaged_run_lists()[item]))
-        elif item.endswith(CONFIG_SUFFIXES):
-            if not osp.isfile(item):
-                raise ConfigError(f"Config file not found: {item}")
-            configs.append(item)
-        else:
+        named = _shipped_item(item)
+        if named is None:
             opts = list(items[position:]) + list(opts)
             break
+        configs.extend(named)
     if not configs:
-        raise ConfigError("Name at least one run list (.txt) or config (.yaml) before the KEY VALUE overrides.")
+        close = nearest_names(items[0], list(shipped_run_lists()) + list(shipped_configs())) if items else []
+        hint = f" {items[0]!r} is neither; nearest shipped names: {', '.join(close)}." if close else ""
+        raise ConfigError("Name at least one run list (.txt or a shipped name such as table2) or config (.yaml) "
+                          f"before the KEY VALUE overrides.{hint} `dcac configs` lists the shipped ones.")
     if opts and opts[0].startswith("-"):
         raise ConfigError(f"Option {opts[0]} after the run lists; options go before them "
                           "(dcac experiments [options] LIST_OR_CONFIG ... [KEY VALUE ...]).")
@@ -316,7 +301,7 @@ def _runs_and_opts(items: Sequence[str], opts: Sequence[str]) -> Tuple[List[str]
 
 def cmd_experiments(args: argparse.Namespace) -> int:
     """Run (or with --collect-only just tabulate) the runs; print the Markdown table.
-    Exit status 1 when a run failed under --keep-going."""
+    Raises :class:`CommandFailed` (exit status 1) when a run failed under --keep-going."""
     configs, opts = _runs_and_opts(args.lists_or_configs, args.opts or [])
     if args.root:
         opts = ["data.root", args.root] + opts
@@ -331,6 +316,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         print("\n" + handle.read(), end="")
     print(f"Runs under {args.out}/; tables in {osp.join(args.out, 'results.md')} and results.csv")
     failed = [record for record in records if record["action"] == "failed"]
-    for record in failed:
-        print(f"failed: {record['config']}: {record['error']}", file=sys.stderr)
-    return 1 if failed else 0
+    if failed:
+        raise CommandFailed(f"{len(failed)} of {len(records)} runs failed: "
+                            + "; ".join(f"{record['config']}: {record['error']}" for record in failed))
+    return 0

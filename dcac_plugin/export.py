@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import io
 import os.path as osp
-import sys
 import warnings
 
 import torch
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import atomic_write
+from .errors import CommandFailed
 
 ONNX_INPUT, ONNX_OUTPUT = "images", "features"
 # Larger gaps than this between an exported file and PyTorch mean a broken export, not float noise.
@@ -76,7 +76,7 @@ def export_torchscript(model: nn.Module, path: str, height: int, width: int) -> 
     example = _example(3, height, width)
     diff = _max_abs_diff(reloaded(example), encoder(example))
     if diff > EXPORT_TOLERANCE:
-        raise RuntimeError(f"TorchScript export {path} differs from PyTorch by {diff:.2e}.")
+        raise CommandFailed(f"TorchScript export {path} differs from PyTorch by {diff:.2e}.")
     return path
 
 
@@ -126,21 +126,6 @@ def _default_output(run: str, fmt: str) -> str:
     return osp.join(folder, "encoder.onnx" if fmt == "onnx" else "encoder.torchscript.pt")
 
 
-def add_export_parser(subparsers) -> argparse.ArgumentParser:
-    """The ``export`` sub-command on ``subparsers`` (from ``add_subparsers``)."""
-    parser = subparsers.add_parser("export", help="the trained encoder as ONNX or TorchScript, checked against "
-                                                  "PyTorch", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("run", help="run directory (config.yaml + encoder.safetensors or model/) or checkpoint file")
-    parser.add_argument("--format", required=True, choices=["onnx", "torchscript"])
-    parser.add_argument("--output", default=None, help="file to write (default: encoder.onnx or "
-                                                       "encoder.torchscript.pt in the run directory)")
-    parser.add_argument("--config-file", default=None, help="config the model was trained with "
-                                                            "(default: the run's config.yaml)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
-    parser.set_defaults(func=cmd_export)
-    return parser
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from .data.transforms import evaluation_interpolation
     from .inference import load_trained_model
@@ -155,9 +140,8 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"from {weights} -> {output}")
         print(f"onnxruntime vs PyTorch on a batch of 3: max abs diff {diff:.2e}")
         if diff > EXPORT_TOLERANCE:
-            print(f"dcac export: error: the ONNX file differs from PyTorch by more than {EXPORT_TOLERANCE}.",
-                  file=sys.stderr)
-            return 1
+            raise CommandFailed(f"The ONNX file {output} differs from PyTorch by {diff:.2e}, more than "
+                                f"{EXPORT_TOLERANCE}.")
     else:
         export_torchscript(model, output, height, width)
         print(f"TorchScript encoder from {weights} -> {output} (reloaded and checked against PyTorch)")
@@ -170,5 +154,5 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["InferenceEncoder", "add_export_parser", "cmd_export", "export_onnx", "export_torchscript",
+__all__ = ["InferenceEncoder", "cmd_export", "export_onnx", "export_torchscript",
            "verify_onnx"]

@@ -20,6 +20,7 @@ from yacs.config import CfgNode as CN
 from .checkpoint import atomic_write
 from .data.loaders import image_list_loader
 from .data.transforms import evaluation_interpolation, plain_transform
+from .errors import UsageError
 from .export import InferenceEncoder
 
 
@@ -85,43 +86,28 @@ def load_features(path: str) -> Tuple[torch.Tensor, List[str]]:
 
 
 def default_device() -> str:
+    """Where ``dcac extract`` runs without ``--device``: the GPU when there is one."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def add_extract_parser(subparsers) -> argparse.ArgumentParser:
-    """The ``extract`` sub-command on ``subparsers`` (from ``add_subparsers``)."""
-    parser = subparsers.add_parser("extract", help="features of a folder or list of images, from a trained run",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("run", help="run directory (config.yaml + encoder.safetensors or model/) or checkpoint file")
-    parser.add_argument("images", help="image folder (searched recursively) or text file with one path per line")
-    parser.add_argument("--output", default="features.safetensors", help="features file to write")
-    parser.add_argument("--config-file", default=None, help="config the model was trained with "
-                                                            "(default: the run's config.yaml)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
-    parser.add_argument("--device", default=default_device())
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
-    parser.set_defaults(func=cmd_extract)
-    return parser
-
-
 def cmd_extract(args: argparse.Namespace) -> int:
+    """``dcac extract``: the images are found before the model is loaded, so a wrong path fails at once."""
     from .inference import image_paths, load_trained_model
 
-    model, cfg, weights = load_trained_model(args.run, args.config_file)
     try:
         paths = image_paths(args.images)
     except FileNotFoundError as error:
-        raise SystemExit(f"dcac extract: {error}") from None
+        raise UsageError(str(error)) from None
     if not paths:
-        raise SystemExit(f"dcac extract: no images (.jpg, .jpeg, .png, .bmp) in {args.images}.")
+        raise UsageError(f"No images (.jpg, .jpeg, .png, .bmp) in {args.images}.")
+    model, cfg, weights = load_trained_model(args.run, args.config_file)
     features = extract_features(model, paths, eval_transform(cfg), batch_size=args.batch_size, flip=args.flip,
-                                device=args.device, workers=args.workers)
+                                device=args.device or default_device(), workers=args.workers)
     save_features(args.output, features, paths, {"weights": weights, "model": cfg.model.name, "flip": args.flip,
                                                  "height": cfg.data.height, "width": cfg.data.width})
     print(f"Extracted {features.shape[0]} images x {features.shape[1]} dims from {weights} -> {args.output}")
     return 0
 
 
-__all__ = ["add_extract_parser", "cmd_extract", "extract_features", "load_features", "save_features",
+__all__ = ["cmd_extract", "extract_features", "load_features", "save_features",
            "eval_transform"]

@@ -8,7 +8,8 @@ import os.path as osp
 import sys
 import tempfile
 import time
-from typing import Any, Dict, NamedTuple, Optional
+import traceback
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -26,7 +27,8 @@ from .data.layouts import check_datasets
 from .data.loaders import identities_below, rebuild_loaders, skip_unreadable_images, train_items
 from .data.msmt17 import msmt17_train_with_val
 from .data.samplers import build_train_sampler
-from .data.transforms import INTERPOLATIONS, install_transforms, reid_transforms
+from .data.transforms import (INTERPOLATIONS, ReidTransforms, describe_transforms, reid_transforms,
+                              torchreid_receives)
 from .data.views import TwoViewTransform, diffusion_view_transform
 from .engines.common import checkpoint_paths
 from .models import CLIP_MODELS, ClipReID
@@ -85,18 +87,62 @@ def warn_rare_identities(cfg: CN, items: list) -> None:
               "drawn with replacement to fill a batch, as torchreid does. Lower sampler.num_instances to avoid repeats.")
 
 
-def build_datamanager(cfg: CN, use_gpu: bool, diffusion_view: bool = False):
+def diffusion_view_source(cfg: CN) -> Optional[str]:
+    """Where the engine takes the diffusion view from: ``"batch"`` (each training batch carries
+    it beside the Re-ID view), ``"latent cache"`` (encoded once before training), or None (the
+    engine has no diffusion branch)."""
+    needs_diffusion_view = getattr(ENGINES.get(cfg.engine), "needs_diffusion_view", None)
+    if needs_diffusion_view is None:
+        return None
+    return "batch" if needs_diffusion_view(cfg) else "latent cache"
+
+
+def run_transforms(cfg: CN) -> ReidTransforms:
+    """The Re-ID view's transforms; the training one yields the pair (Re-ID view, diffusion
+    view) when batches carry the diffusion view."""
+    transforms = reid_transforms(cfg)
+    if diffusion_view_source(cfg) != "batch":
+        return transforms
+    return transforms._replace(train=TwoViewTransform(transforms.train,
+                                                      diffusion_view_transform(cfg.dcac.diffusion.image_size)))
+
+
+def applied_transforms(cfg: CN, manager) -> List[Tuple[str, Callable]]:
+    """(pass, transform) for every pass of a run that reads images, taken from what applies
+    them: the loaders, the PCL memory pass's transform and, for the latent cache, the diffusion
+    view from the function the engine builds it with. Evaluation alone (``test.evaluate``)
+    applies the test transforms only."""
+    passes: List[Tuple[str, Callable]] = []
+    if not cfg.test.evaluate:
+        train = manager.train_loader.dataset.transform
+        if isinstance(train, TwoViewTransform):
+            passes += [("Train transforms (applied), Re-ID view", train.reid_transform),
+                       ("Train transforms (applied), diffusion view (in every batch)", train.diffusion_transform)]
+        else:
+            passes.append(("Train transforms (applied)", train))
+        if hasattr(ENGINES.get(cfg.engine), "extract_train_features"):
+            passes.append(("PCL memory transforms (every training image, each epoch)", manager.transform_memory))
+        if diffusion_view_source(cfg) == "latent cache":
+            passes.append(("Diffusion view transforms (encoded once into the latent cache)",
+                           diffusion_view_transform(cfg.dcac.diffusion.image_size)))
+    passes.append(("Test transforms (applied)", manager.transform_te))
+    return passes
+
+
+def build_datamanager(cfg: CN, use_gpu: bool):
     """torchreid's ImageDataManager (datasets checked against their expected layouts first;
-    ``msmt17`` with its val images in training when ``msmt17.train_with_val``), its loaders
-    rebuilt with checked image reads and, under torchrun, the distributed sampler; our
-    transforms installed (with ``diffusion_view``, training batches carry the pair (Re-ID view,
-    diffusion view))."""
+    ``msmt17`` with its val images in training when ``msmt17.train_with_val``; our transforms
+    in place of its own, the PCL memory's as ``transform_memory``), its loaders rebuilt with
+    checked image reads and, under torchrun, the distributed sampler. Prints the transforms
+    that will run."""
     check_datasets(list(cfg.data.sources) + list(cfg.data.targets), cfg.data.root)
+    transforms = run_transforms(cfg)
     # The manager's own training sampler is replaced below (it would only assert on a bad
     # identity count); a plain one keeps its constructor from failing first.
-    with msmt17_train_with_val(cfg.msmt17.train_with_val):
+    with msmt17_train_with_val(cfg.msmt17.train_with_val), torchreid_receives(transforms):
         manager = reid_data.ImageDataManager(**{**imagedata_kwargs(cfg), "train_sampler": "RandomSampler"},
                                              **device_kwargs(reid_data.ImageDataManager.__init__, use_gpu))
+    manager.transform_memory = transforms.memory  # torchreid has no memory pass
     if cfg.data.skip_corrupt_images:
         skip_unreadable_images(manager, workers=max(1, cfg.data.workers))
     items = train_items(manager)
@@ -109,11 +155,7 @@ def build_datamanager(cfg: CN, use_gpu: bool, diffusion_view: bool = False):
     except ValueError as err:
         raise ConfigError(str(err)) from None
     rebuild_loaders(manager, sampler)
-    transforms = reid_transforms(cfg)
-    if diffusion_view:
-        transforms = transforms._replace(train=TwoViewTransform(
-            transforms.train, diffusion_view_transform(cfg.dcac.diffusion.image_size)))
-    install_transforms(manager, transforms)
+    print(describe_transforms(applied_transforms(cfg, manager)))
     return manager
 
 
@@ -181,12 +223,16 @@ class _Tee:
 
 @contextlib.contextmanager
 def tee_stdout(path: str):
-    """Copy stdout into ``path`` for the duration of a run."""
+    """Copy stdout into ``path`` for the duration of a run, and the error that ends it (the
+    CLI prints that only after the copy has stopped)."""
     previous = sys.stdout
     tee = _Tee(previous, path)
     sys.stdout = tee
     try:
         yield
+    except BaseException:
+        tee.file.write("Run stopped by an error:\n" + traceback.format_exc())
+        raise
     finally:
         sys.stdout = previous
         tee.file.close()
@@ -223,9 +269,8 @@ def prepare(cfg: CN) -> PreparedRun:
     # Ranks draw different augmentations and noise; DDP gives them rank 0's initial weights.
     reid_utils.set_random_seed(cfg.train.seed + info.rank)
     engine_cls = ENGINES.get(cfg.engine)
-    needs_diffusion_view = getattr(engine_cls, "needs_diffusion_view", lambda _cfg: False)(cfg)
     with distributed.main_process_first():
-        datamanager = build_datamanager(cfg, use_gpu, needs_diffusion_view)
+        datamanager = build_datamanager(cfg, use_gpu)
     print(f"Building model: {cfg.model.name}")
     model = build_model(cfg, datamanager.num_train_pids, engine_cls.model_loss, use_gpu)
     if cfg.model.load_weights:
@@ -270,32 +315,75 @@ def ensure_writable(folder: str) -> None:
                           "Set data.save_dir to a writable folder.") from None
 
 
+def run_config_path(save_dir: str) -> str:
+    """``config.yaml``: written when a run starts, it is what makes a folder a run (what
+    ``dcac extract / export / visualize`` rebuild the model from)."""
+    return osp.join(save_dir, "config.yaml")
+
+
+def missing_folders(path: str) -> List[str]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    path = osp.abspath(path)
+    while not osp.exists(path):
+        missing.append(path)
+        path = osp.dirname(path)
+    return missing
+
+
+def remove_failed_start(log_path: str, created: List[str]) -> None:
+    """The log of a run that failed before it started, and the folders made for it (only while
+    empty: anything else put there stays)."""
+    with contextlib.suppress(OSError):
+        os.remove(log_path)
+    for folder in created:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
 @contextlib.contextmanager
 def run_output(cfg: CN):
-    """Rank 0 prints and logs to ``<save_dir>/train.log-<time>``; other ranks stay quiet."""
+    """Rank 0 prints and logs to ``<save_dir>/train.log-<time>``, the error that ends the run
+    included; other ranks stay quiet.
+
+    A run that fails before it starts (no ``config.yaml`` written: missing data or weights, a
+    bad value found while building) in a save_dir it created leaves nothing there: the error
+    is on the console, and an empty-handed folder would only be litter (``dcac experiments``
+    would leave one per run of a list). In a folder that existed, its log stays, with the error.
+    """
     if not distributed.launched_info().is_main:
         os.environ["TQDM_DISABLE"] = "1"
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             yield
         return
-    ensure_writable(cfg.data.save_dir)
+    created = missing_folders(cfg.data.save_dir)
     log_name = ("test.log" if cfg.test.evaluate else "train.log") + time.strftime("-%Y-%m-%d-%H-%M-%S")
-    with tee_stdout(osp.join(cfg.data.save_dir, log_name)):
-        yield
+    log_path = osp.join(cfg.data.save_dir, log_name)
+    try:
+        ensure_writable(cfg.data.save_dir)
+        with tee_stdout(log_path):
+            yield
+    except BaseException:
+        if created and not osp.isfile(run_config_path(cfg.data.save_dir)):
+            remove_failed_start(log_path, created)
+        raise
 
 
 def run(cfg: CN) -> Dict[str, Any]:
     """Train and/or evaluate as ``cfg`` says; returns and writes ``results.json`` in the save dir.
 
+    ``config.yaml`` is written once everything is built, just before training (or evaluation)
+    starts, so that a run that failed to start never looks like a run.
     Launched with torchrun, every rank runs this; rank 0 alone logs, evaluates and writes.
     """
     check_config(cfg)
     with run_output(cfg):
         print(f"Show configuration\n{cfg}\n")
-        if distributed.launched_info().is_main:
-            # What `dcac extract / export / visualize` rebuild the model from.
-            atomic_write(osp.join(cfg.data.save_dir, "config.yaml"), lambda handle: handle.write(cfg.dump().encode()))
         prepared = prepare(cfg)
+        if distributed.launched_info().is_main:
+            atomic_write(run_config_path(cfg.data.save_dir), lambda handle: handle.write(cfg.dump().encode()))
         prepared.engine.run(**prepared.run_kwargs)
         summary = {"engine": cfg.engine, "model": cfg.model.name, "sources": list(cfg.data.sources),
                    "targets": list(cfg.data.targets), "save_dir": cfg.data.save_dir,

@@ -7,14 +7,19 @@ through a central if/else.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Dict, Iterator, Optional, TypeVar
+from typing import Callable, Dict, Iterator, List, Optional, TypeVar
 
 T = TypeVar("T")
 
 
+def nearest_names(name: str, candidates, count: int = 3) -> List[str]:
+    """Up to ``count`` valid names close to a misspelt one, closest first."""
+    return difflib.get_close_matches(name, list(candidates), n=count, cutoff=0.5)
+
+
 def nearest_name(name: str, candidates) -> Optional[str]:
     """The closest valid name to a misspelt one, or None when nothing is close."""
-    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    matches = nearest_names(name, candidates, count=1)
     return matches[0] if matches else None
 
 

@@ -1,11 +1,13 @@
 """torchreid-style launcher over dcac-reid, with upstream scripts/main.py's flags:
 
-    python scripts/main.py --config-file configs/X.yaml -s market1501 -t msmt17 --root DATA data.save_dir log/x
+    python scripts/main.py --config-file single/X -s market1501 -t msmt17 --root DATA data.save_dir log/x
+
+Only in a clone of the repository (scripts/ is not installed); ``dcac train`` takes the same flags.
 """
 import argparse
 import sys
 
-from dcac_plugin.cli import add_launcher_arguments, main as dcac_main
+from dcac_cli import add_launcher_arguments, main as dcac_main
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -1,12 +1,29 @@
 import os
-import warnings
 
 import pytest
 
-warnings.filterwarnings("ignore", message="Cython evaluation")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import dcac_plugin  # noqa: E402,F401  (registration under test everywhere)
+import tree_guard  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_sessionstart(session):
+    session.config.user_files_before = tree_guard.snapshot(tree_guard.user_folders(REPO_ROOT))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when a test created, changed or deleted a file of the user's."""
+    before = getattr(session.config, "user_files_before", None)
+    if before is None:
+        return
+    touched = tree_guard.changes(before, tree_guard.snapshot(tree_guard.user_folders(REPO_ROOT)))
+    if touched:
+        shown = "\n  ".join(touched[:20]) + (f"\n  ... and {len(touched) - 20} more" if len(touched) > 20 else "")
+        print(f"\nThe tests touched files outside their temporary folders:\n  {shown}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

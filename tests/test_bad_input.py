@@ -40,7 +40,8 @@ def copied_root(data_root, tmp_path):
 
 
 def test_missing_data_root_names_it_and_shows_the_layout(tmp_path, capsys):
-    code = train("-s", "market1501", "-t", "market1501", "--root", str(tmp_path / "nowhere"))
+    code = train("-s", "market1501", "-t", "market1501", "--root", str(tmp_path / "nowhere"),
+                 "data.save_dir", str(tmp_path / "run"))
     err = capsys.readouterr().err
     assert code == 2
     assert str(tmp_path / "nowhere") in err and "does not exist" in err
@@ -50,7 +51,8 @@ def test_missing_data_root_names_it_and_shows_the_layout(tmp_path, capsys):
 def test_missing_split_folder_is_named_with_the_expected_layout(tmp_path, capsys):
     for split in ("bounding_box_train", "bounding_box_test"):
         os.makedirs(tmp_path / "market1501" / split)
-    code = train("-s", "market1501", "-t", "market1501", "--root", str(tmp_path))
+    code = train("-s", "market1501", "-t", "market1501", "--root", str(tmp_path),
+                 "data.save_dir", str(tmp_path / "run"))
     err = capsys.readouterr().err
     assert code == 2
     assert os.path.join("market1501", "query") in err and "bounding_box_test" in err and "--root" in err

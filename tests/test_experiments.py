@@ -1,6 +1,5 @@
 """``dcac experiments``: run lists run in order, done runs are skipped, interrupted ones
 resumed, and the results are tabulated beside the paper's numbers (paper_results.csv)."""
-import argparse
 import contextlib
 import csv
 import io
@@ -12,14 +11,16 @@ from collections import Counter
 import pytest
 import torch
 
+from dcac_cli import build_parser
+from dcac_cli.dispatch import command_handler
 from dcac_plugin.checkpoint import load_checkpoint, model_state_dict
 from dcac_plugin.cli import demo_config_path
 from dcac_plugin.conditioning import CONDITION_MODES, CONDITION_TRANSFORMS
 from dcac_plugin.config import ConfigError, build_config
 from dcac_plugin.diffusion.adaptation import FINETUNE_MODES
-from dcac_plugin.experiments import (add_experiments_parser, collect, load_paper_results, read_run_list, run_dir,
-                                     run_experiments, run_status)
+from dcac_plugin.experiments import collect, load_paper_results, read_run_list, run_dir, run_experiments, run_status
 from dcac_plugin.protocols import DATASETS, lora_rank_for, paper_variant
+from dcac_plugin.shipped import shipped_run_lists
 
 TINY = ["train.max_epoch", "1", "train.print_freq", "100"]
 RUNS = ("demo_baseline", "demo_softmax")
@@ -27,12 +28,10 @@ RUNS = ("demo_baseline", "demo_softmax")
 
 def dcac_experiments(*argv):
     """``dcac experiments ARGV`` in-process; returns (exit code, printed output)."""
-    parser = argparse.ArgumentParser(prog="dcac")
-    add_experiments_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["experiments", *argv])
+    args = build_parser().parse_args(["experiments", *argv])
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = args.func(args)
+        code = command_handler(args)(args)
     return code, printed.getvalue()
 
 
@@ -246,9 +245,7 @@ def test_paper_results_rows_are_valid_variants_and_settings():
 
 
 def test_shipped_table_lists_are_reachable_by_name_and_match_paper_rows(tmp_path):
-    from dcac_plugin.experiments import collect, packaged_run_lists, read_run_list
-
-    lists = packaged_run_lists()
+    lists = shipped_run_lists()
     assert set(lists) == {"table2", "table3", "table4", "table5", "table7", "table9", "table10"}
     rows = collect(read_run_list(lists["table5"]), str(tmp_path))
     # Table 5 on MA->MS and MS->MA: baseline, LoRA (= dcac) and five fine-tuning variants, each with the paper's numbers.

@@ -1,5 +1,4 @@
 """Feature extraction and encoder export from a run directory, on a tiny untrained model."""
-import argparse
 import os
 import shutil
 
@@ -10,10 +9,12 @@ import torch.nn.functional as F
 import torchreid
 from PIL import Image
 
+from dcac_cli import build_parser
+from dcac_cli.dispatch import command_handler
 from dcac_plugin.checkpoint import CheckpointError, export_encoder
 from dcac_plugin.config import build_config
-from dcac_plugin.export import add_export_parser, export_onnx, export_torchscript, verify_onnx
-from dcac_plugin.extract import add_extract_parser, eval_transform, extract_features, load_features
+from dcac_plugin.export import export_onnx, export_torchscript, verify_onnx
+from dcac_plugin.extract import eval_transform, extract_features, load_features
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "dcac_plugin", "configs", "demo_baseline.yaml")
 HEIGHT, WIDTH, DIM = 128, 64, 64  # demo_baseline's input size; clip_vit_tiny's feature width
@@ -55,11 +56,10 @@ def images(tmp_path_factory):
     return str(folder)
 
 
-def run_command(add_parser, argv):
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+def run_command(argv):
+    """``dcac ARGV`` in-process, its errors raised rather than reported."""
+    args = build_parser().parse_args(argv)
+    return command_handler(args)(args)
 
 
 def direct_features(model, cfg, folder, names):
@@ -70,8 +70,7 @@ def direct_features(model, cfg, folder, names):
 
 def test_extract_command_matches_model(run_dir, images, loaded, tmp_path):
     out = str(tmp_path / "feats.safetensors")
-    assert run_command(add_extract_parser, ["extract", run_dir, images, "--output", out, "--batch-size", "2",
-                                            "--device", "cpu"]) == 0
+    assert run_command(["extract", run_dir, images, "--output", out, "--batch-size", "2", "--device", "cpu"]) == 0
     features, paths = load_features(out)
     names = ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]
     assert [os.path.basename(p) for p in paths] == names
@@ -117,7 +116,7 @@ def test_onnx_dynamic_batch_matches_pytorch(loaded, tmp_path):
 
 def test_onnx_command_reports_check_and_preprocessing(run_dir, loaded, tmp_path, capsys):
     out = str(tmp_path / "cmd.onnx")
-    assert run_command(add_export_parser, ["export", run_dir, "--format", "onnx", "--output", out]) == 0
+    assert run_command(["export", run_dir, "--format", "onnx", "--output", out]) == 0
     printed = capsys.readouterr().out
     assert os.path.isfile(out) and out in printed
     assert "max abs diff" in printed and f"[batch, 3, {HEIGHT}, {WIDTH}]" in printed and f"[batch, {DIM}]" in printed
@@ -134,16 +133,16 @@ def test_torchscript_reloads_and_matches(loaded, run_dir, tmp_path):
         torch.testing.assert_close(scripted(x), model(x), atol=1e-5, rtol=0)
     assert scripted(x).shape == (3, DIM)
     # The command's default output lands in the run directory.
-    assert run_command(add_export_parser, ["export", run_dir, "--format", "torchscript"]) == 0
+    assert run_command(["export", run_dir, "--format", "torchscript"]) == 0
     assert os.path.isfile(os.path.join(run_dir, "encoder.torchscript.pt"))
 
 
 def test_missing_run_dir_is_a_clear_error(images, tmp_path):
     missing = str(tmp_path / "no-such-run")
     with pytest.raises(CheckpointError, match="No run directory or checkpoint at .*no-such-run"):
-        run_command(add_extract_parser, ["extract", missing, images, "--device", "cpu"])
+        run_command(["extract", missing, images, "--device", "cpu"])
     with pytest.raises(CheckpointError, match="No run directory or checkpoint"):
-        run_command(add_export_parser, ["export", missing, "--format", "onnx"])
+        run_command(["export", missing, "--format", "onnx"])
 
 
 def test_export_describes_the_test_time_resize(trained, tmp_path, capsys):
@@ -156,6 +155,6 @@ def test_export_describes_the_test_time_resize(trained, tmp_path, capsys):
     tested_bilinearly.dcac.test_resize_interpolation = "bilinear"
     (bilinear_run / "config.yaml").write_text(tested_bilinearly.dump())
     for folder, resize in ((run, "bicubic"), (str(bilinear_run), "bilinear")):
-        assert run_command(add_export_parser, ["export", folder, "--format", "torchscript",
-                                               "--output", str(tmp_path / f"{resize}.pt")]) == 0
+        output = str(tmp_path / f"{resize}.pt")
+        assert run_command(["export", folder, "--format", "torchscript", "--output", output]) == 0
         assert f"resize ({resize}) to {HEIGHT}x{WIDTH}" in capsys.readouterr().out

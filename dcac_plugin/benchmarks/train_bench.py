@@ -17,6 +17,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from ..errors import UsageError
 from .memory import peak_rss_kb
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -105,12 +106,26 @@ def _measure_in_child(queue, kwargs) -> None:
     queue.put(measure_engine(**kwargs))
 
 
+def _checked_device(device: Optional[str]) -> str:
+    """The device to measure on (default: cuda when available). A wrong one fails here: in the
+    child process it would fail where the parent, waiting for the figures, never hears of it."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise UsageError(f"Unknown device {device!r}; use cpu or cuda.") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"Device {device!r}, but torch sees no CUDA device here; use --device cpu.")
+    return device
+
+
 def run_train_benchmark(batch_size: int = 8, steps: int = 5, warmup: int = 2, amp: str = "off",
                         device: Optional[str] = None, latent_cache: bool = True, rank: int = 8,
                         gradient_checkpointing: bool = False,
                         engines: Sequence[str] = ("baseline", "dcac")) -> Dict[str, object]:
     """Both engines, each in a fresh process; returns times, their ratio and peak memory."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _checked_device(device)
     context = multiprocessing.get_context("spawn")
     results = {}
     for name in engines:

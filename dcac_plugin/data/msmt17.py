@@ -13,11 +13,12 @@ so the union needs no relabelling.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, List, Tuple
+from typing import ContextManager, List, Tuple
 
 from torchreid import data as reid_data
 
 from ..registration import image_dataset_table
+from ..swap import swapped
 
 DATASET_NAME = "msmt17"
 
@@ -41,20 +42,10 @@ class MSMT17TrainVal(reid_data.datasets.image.MSMT17):
         return items
 
 
-@contextlib.contextmanager
-def msmt17_train_with_val(enabled: bool) -> Iterator[None]:
+def msmt17_train_with_val(enabled: bool) -> ContextManager[None]:
     """While active (and ``enabled``), torchreid's dataset table builds :class:`MSMT17TrainVal`
     for ``msmt17``; the previous class is put back afterwards, also when building fails."""
-    if not enabled:
-        yield
-        return
-    table = image_dataset_table()
-    previous = table[DATASET_NAME]
-    table[DATASET_NAME] = MSMT17TrainVal
-    try:
-        yield
-    finally:
-        table[DATASET_NAME] = previous
+    return swapped(image_dataset_table(), DATASET_NAME, MSMT17TrainVal) if enabled else contextlib.nullcontext()
 
 
 __all__ = ["MSMT17TrainVal", "msmt17_train_with_val"]

@@ -9,10 +9,13 @@ builds the PCL memory (its "cluster" loader), and at test time bilinearly for si
 runs (its ``make_val_dataloader``, torchvision's default) but bicubically for multi-source
 runs. Hence two config keys: ``dcac.resize_interpolation`` (training, memory) and
 ``dcac.test_resize_interpolation`` (evaluation, extraction, export, visualisation).
+
+torchreid's data manager is handed these instead of building its own (:func:`torchreid_receives`),
+and the run log lists them step by step (:func:`describe_transforms`).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, ContextManager, NamedTuple, Optional, Sequence, Tuple
 
 import torchvision.transforms as T
 from PIL import Image
@@ -21,8 +24,11 @@ from yacs.config import CfgNode as CN
 from torchreid import data as reid_data
 
 from ..registry import nearest_name
+from ..swap import swapped
 
 INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+INTERPOLATION_NAMES = {int(code): name for name, code in INTERPOLATIONS.items()}
+PLAIN_SETTINGS = (bool, int, float, str, list, tuple)
 TRAIN_TRANSFORMS = ("random_flip", "random_crop", "pad_crop", "random_patch", "color_jitter", "random_erase")
 
 
@@ -110,15 +116,36 @@ def reid_transforms(cfg: CN) -> ReidTransforms:
                                  test_interpolation=evaluation_interpolation(cfg))
 
 
-def install_transforms(datamanager, transforms: ReidTransforms) -> None:
-    """Replace the transforms torchreid's ImageDataManager built, in every loader it made; the
-    memory transform goes to ``datamanager.transform_memory`` (torchreid has no such pass)."""
-    datamanager.transform_tr, datamanager.transform_te = transforms.train, transforms.test
-    datamanager.transform_memory = transforms.memory
-    datamanager.train_loader.dataset.transform = transforms.train
-    if getattr(datamanager, "train_loader_t", None) is not None:
-        datamanager.train_loader_t.dataset.transform = transforms.train
-    for loaders in datamanager.test_loader.values():
-        for loader in loaders.values():
-            if loader is not None:
-                loader.dataset.transform = transforms.test
+def torchreid_receives(transforms: ReidTransforms) -> ContextManager[None]:
+    """While active, torchreid's data managers take ``transforms`` (train, test) instead of
+    building their own: every loader they make then holds ours from the start, and torchreid
+    does not print its list ("+ resize to ...", bilinear, no pad_crop), which would not run."""
+    return swapped(reid_data.datamanager, "build_transforms",
+                   lambda *args, **kwargs: (transforms.train, transforms.test))
+
+
+def _setting(name: str, value: Any) -> str:
+    # torchreid keeps PIL's resampling code (3); its name is what a reader checks.
+    if name == "interpolation" and value in INTERPOLATION_NAMES:
+        return INTERPOLATION_NAMES[value]
+    return repr(value)
+
+
+def describe_step(step: Callable) -> str:
+    """One step with its settings: torchvision's own repr names them; torchreid's steps have
+    none (``<... object at 0x...>``), so theirs are their plain-valued attributes (state such
+    as RandomPatch's pool of patches left out)."""
+    if type(step).__repr__ is not object.__repr__:
+        return repr(step)
+    settings = ", ".join(f"{name}={_setting(name, value)}" for name, value in vars(step).items()
+                         if isinstance(value, PLAIN_SETTINGS))
+    return f"{type(step).__module__.split('.')[0]}.{type(step).__name__}({settings})"
+
+
+def describe_transforms(passes: Sequence[Tuple[str, Callable]]) -> str:
+    """``title:`` and one indented line per step, for each (title, transform) pass."""
+    blocks = []
+    for title, transform in passes:
+        steps = transform.transforms if isinstance(transform, T.Compose) else [transform]
+        blocks.append(f"{title}:" + "".join(f"\n  {describe_step(step)}" for step in steps))
+    return "\n".join(blocks)

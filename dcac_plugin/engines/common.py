@@ -3,16 +3,15 @@ checkpoints (``latest`` every epoch, ``best`` on evaluation, exact resume), torc
 and a stop on a non-finite loss."""
 from __future__ import annotations
 
-import contextlib
 import os.path as osp
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict
 
 import torch
 import torch.nn.functional as F
 
 from .. import distributed
 from ..checkpoint import atomic_copy, atomic_save
-from ..evaluation import evaluate_features
+from ..evaluation import evaluate_features, torchreid_ranking_note
 from ..rng import capture_rng_state, preserved_rng, restore_rng_state
 
 LATEST = "latest.pth.tar"
@@ -142,6 +141,9 @@ class RunRecordMixin:
         torchreid's own pipeline.
         """
         if rerank or visrank:
+            note = torchreid_ranking_note()
+            if note:
+                print(note)
             rank1, mAP = super()._evaluate(dataset_name=dataset_name, query_loader=query_loader,
                                            gallery_loader=gallery_loader, dist_metric=dist_metric,
                                            normalize_feature=normalize_feature, ranks=ranks, rerank=rerank,
@@ -248,14 +250,3 @@ class RunRecordMixin:
             print(f"Warning: the checkpoint holds RNG states of {len(states)} process(es) and this run has "
                   f"{distributed.world_size()}: training continues correctly, but not bit-identically to the "
                   "interrupted run.")
-
-
-@contextlib.contextmanager
-def swapped_model(engine, model: Optional[torch.nn.Module]) -> Iterator[None]:
-    """``engine.model`` temporarily replaced (torchreid's engines call ``self.model`` in their steps)."""
-    original = engine.model
-    engine.model = model if model is not None else original
-    try:
-        yield
-    finally:
-        engine.model = original

@@ -8,7 +8,8 @@ from torchreid import engine as reid_engine
 from .. import distributed
 from ..config import device_kwargs
 from ..registry import ENGINES
-from .common import RunRecordMixin, swapped_model
+from ..swap import swapped
+from .common import RunRecordMixin
 
 
 class ToolboxStepMixin:
@@ -20,7 +21,7 @@ class ToolboxStepMixin:
         self._train_model = distributed.wrap_ddp(self.model, self.use_gpu, find_unused_parameters=True)
 
     def forward_backward(self, data):
-        with swapped_model(self, self.train_model):
+        with swapped(self, "model", self.train_model):
             summary = super().forward_backward(data)
         # softmax reports `loss`, triplet `loss_t` and `loss_x`: check every loss term.
         terms = {k: v for k, v in summary.items() if k.startswith("loss")}

@@ -1,0 +1,39 @@
+"""How a ``dcac`` command fails: which errors are the user's to fix and which end a run.
+
+A wrong path, name, key or value is not a bug: its message names the problem and the fix,
+so the command ends with that message alone (``dcac: error: ...``, exit status 2), never a
+traceback. A command whose work finished but failed a check (a run of a list, an export
+that differs from PyTorch) ends the same way with exit status 1. Anything else is a bug
+and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class UsageError(ValueError):
+    """What a command was given is wrong (a missing file or folder, an unknown name); the
+    message names it and the fix."""
+
+
+class ConfigError(UsageError):
+    """A config key or value is wrong; the message names it and the fix."""
+
+
+class CommandFailed(RuntimeError):
+    """The command did its work but the result failed (exit status 1, not a usage error)."""
+
+
+def user_errors() -> tuple:
+    """Errors caused by input (config, data, weights, checkpoints, a diverging run): their
+    messages name the problem and the fix, so they end the command without a traceback."""
+    from .checkpoint import CheckpointError
+    from .data.images import ImageReadError
+    from .data.layouts import DatasetLayoutError
+    from .diffusion import DiffusionWeightsError
+    from .engines.common import NonFiniteLossError
+    from .models.clip_reid import ClipWeightsError
+
+    return (UsageError, CheckpointError, ClipWeightsError, DiffusionWeightsError, DatasetLayoutError, ImageReadError,
+            NonFiniteLossError)
+
+
+__all__ = ["CommandFailed", "ConfigError", "UsageError", "user_errors"]
