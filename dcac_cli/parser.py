@@ -89,7 +89,7 @@ def _add_bench_parser(sub: "argparse._SubParsersAction") -> None:
     bench_train.add_argument("--gradient-checkpointing", action="store_true")
     bench_eval = bench_sub.add_parser("eval", help="ranking metrics: Market-1501 size vs torchreid, MSMT17 size "
                                                    "end to end from features", formatter_class=HelpFormatter)
-    bench_eval.add_argument("--skip-market", action="store_true", help="skip the torchreid comparison (about 70 s)")
+    bench_eval.add_argument("--skip-market", action="store_true", help="skip the torchreid comparison (about 90 s with the PyPI build)")
     bench_eval.add_argument("--skip-msmt", action="store_true")
     bench.set_defaults(handler="dcac_plugin.cli:cmd_bench")
 
