@@ -10,6 +10,7 @@ from .base import HelpFormatter
 from .choices import RUN_LISTS
 
 RUN_HELP = "run directory (config.yaml + encoder.safetensors or model/) or checkpoint file"
+OVERWRITE_HELP = "replace existing output files (without it, a command that would overwrite one stops before any work)"
 TRAINED_CONFIG_HELP = ("config the model was trained with, a path or a shipped config's name "
                        "(default: the run's config.yaml)")
 
@@ -49,6 +50,7 @@ def add_extract_parser(subparsers: "argparse._SubParsersAction") -> argparse.Arg
     parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.set_defaults(handler="dcac_plugin.extract:cmd_extract")
     return parser
 
@@ -64,6 +66,7 @@ def add_export_parser(subparsers: "argparse._SubParsersAction") -> argparse.Argu
                                                        "encoder.torchscript.pt in the run directory)")
     parser.add_argument("--config-file", default=None, help=TRAINED_CONFIG_HELP)
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.set_defaults(handler="dcac_plugin.export:cmd_export")
     return parser
 
@@ -92,6 +95,8 @@ def add_visualize_parser(subparsers: "argparse._SubParsersAction") -> argparse.A
                                 help="loss, learning-rate and mAP/Rank-1 curves from the run's TensorBoard events")
     curves.add_argument("run", help="run directory (holding events.out.tfevents.*)")
     curves.add_argument("--out", default=None, help="output folder (default: <run>/visualize)")
+    for action in (ranked, cam, curves):
+        action.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
     parser.set_defaults(handler="dcac_plugin.visualize.cli:cmd_visualize")
     return parser

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from typing import Any, BinaryIO, Callable, Dict, Optional
+from typing import Any, BinaryIO, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
@@ -67,14 +67,28 @@ def atomic_copy(source: str, path: str) -> str:
     return atomic_write(path, copy)
 
 
+def _load_safetensors(path: str) -> Dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (an encoder export): nothing in it is unpickled."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except SafetensorError as err:
+        raise CheckpointError(f"Checkpoint {path} is corrupt or truncated: {err}") from None
+
+
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """Read a checkpoint safely; a file that needs arbitrary unpickling is refused.
 
     torchreid's own checkpoints (numpy scalars beside the tensors) load too: numpy
-    scalar reconstruction is allow-listed, nothing else is.
+    scalar reconstruction is allow-listed, nothing else is. An encoder export
+    (``.safetensors``) gives its tensors.
     """
     if not os.path.isfile(path):
         raise CheckpointError(f"Checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        return _load_safetensors(path)
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -119,43 +133,163 @@ def model_state_dict(state: Dict[str, Any]) -> Dict[str, torch.Tensor]:
     return from_reference_layout(weights) if is_reference_layout(weights) else weights
 
 
-def check_same_identities(model: nn.Module, weights: Dict[str, torch.Tensor], path: str) -> None:
-    """A resumed run must have the identities its checkpoint was trained on."""
-    own = model.state_dict()
-    mismatched = [k for k, v in weights.items() if k.startswith("classifier.") and k in own and own[k].shape != v.shape]
-    if mismatched:
-        key = mismatched[0]
+def find_run_config(source: str) -> Optional[str]:
+    """``config.yaml`` of the run a directory or checkpoint belongs to, if there is one."""
+    folder = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
+    for candidate in (os.path.join(folder, "config.yaml"), os.path.join(os.path.dirname(folder), "config.yaml")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def find_weights(source: str) -> str:
+    """The weights a run directory stands for: its encoder export, else its best, else its latest
+    checkpoint (what ``dcac extract`` and ``model.load_weights`` read); a file is itself."""
+    if not os.path.isdir(source):
+        if not os.path.isfile(source):
+            raise CheckpointError(f"Checkpoint not found: {source} is neither a checkpoint file nor a run directory.")
+        return source
+    for candidate in ("encoder.safetensors", os.path.join("model", "best.pth.tar"),
+                      os.path.join("model", "latest.pth.tar")):
+        path = os.path.join(source, candidate)
+        if os.path.isfile(path):
+            return path
+    raise CheckpointError(f"Run directory {source} has no encoder.safetensors and no model/best.pth.tar or "
+                          "model/latest.pth.tar; name a checkpoint file instead.")
+
+
+CLASSIFIER_PREFIX = "classifier."
+Shape = Tuple[int, ...]
+
+
+class WeightsFit(NamedTuple):
+    """How a checkpoint's weights line up with a model's; each field holds only what differs."""
+
+    unexpected: List[str]  # in the checkpoint only
+    missing: List[str]  # in the model only (its classifier aside when the checkpoint has none)
+    reshaped: List[Tuple[str, Shape, Shape]]  # (key, checkpoint's shape, model's), the identity count aside
+    identities: Optional[Tuple[int, int]]  # (checkpoint's, model's) classifier rows, when only they differ
+    classifier_absent: bool  # the checkpoint has no classifier (a test-time encoder)
+
+    @property
+    def architecture_differs(self) -> bool:
+        return bool(self.unexpected or self.missing or self.reshaped)
+
+
+def compare_weights(model: nn.Module, weights: Dict[str, torch.Tensor]) -> WeightsFit:
+    """Key by key: a classifier that differs in its number of rows only is another set of identities,
+    not another architecture; a checkpoint without any classifier is an encoder."""
+    own = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    theirs = {key: tuple(value.shape) for key, value in weights.items()}
+    classifier_absent = (any(k.startswith(CLASSIFIER_PREFIX) for k in own)
+                         and not any(k.startswith(CLASSIFIER_PREFIX) for k in theirs))
+    identities, reshaped = None, []
+    for key in (k for k in own if k in theirs and own[k] != theirs[k]):
+        if key.startswith(CLASSIFIER_PREFIX) and own[key][1:] == theirs[key][1:]:
+            identities = (theirs[key][0], own[key][0])
+        else:
+            reshaped.append((key, theirs[key], own[key]))
+    missing = [k for k in own if k not in theirs and not (classifier_absent and k.startswith(CLASSIFIER_PREFIX))]
+    unexpected = [k for k in theirs if k not in own]
+    return WeightsFit(unexpected, missing, reshaped, identities, classifier_absent)
+
+
+def _examples(keys: List[str], count: int = 3) -> str:
+    return ", ".join(keys[:count]) + (", ..." if len(keys) > count else "")
+
+
+def _differences(fit: WeightsFit, weights: Dict[str, torch.Tensor]) -> str:
+    """The ways the architectures differ, only those that do."""
+    encoder_keys = [k for k in weights if not k.startswith(CLASSIFIER_PREFIX)]
+    if set(encoder_keys) <= set(fit.unexpected):
+        return (f"none of its tensors outside the classifier is in the model (its: {_examples(fit.unexpected)}; "
+                f"the model's: {_examples(fit.missing)}), so it holds another architecture")
+    parts = []
+    if fit.reshaped:
+        key, theirs, own = fit.reshaped[0]
+        more = f" and {len(fit.reshaped) - 1} more" if len(fit.reshaped) > 1 else ""
+        parts.append(f"{key} is {list(theirs)} in the checkpoint and {list(own)} in the model{more}")
+    if fit.unexpected:
+        parts.append(f"{len(fit.unexpected)} of its tensors are not in the model ({_examples(fit.unexpected)})")
+    if fit.missing:
+        parts.append(f"{len(fit.missing)} of the model's tensors are not in it ({_examples(fit.missing)})")
+    return "; ".join(parts)
+
+
+def _written_by(path: str) -> str:
+    """Which model and input size the run that wrote ``path`` trained, from its config.yaml, if it has one."""
+    import yaml
+
+    config = find_run_config(path)
+    if config is None:
+        return ""
+    try:
+        with open(config, encoding="utf-8") as handle:
+            cfg = yaml.safe_load(handle)
+        model, data = cfg["model"]["name"], cfg["data"]
+        return (f" It was written by a run of model.name {model} with data.height {data['height']}, "
+                f"data.width {data['width']} ({config}).")
+    except (OSError, yaml.YAMLError, KeyError, TypeError):  # a config.yaml that is not a run's: say nothing
+        return ""
+
+
+def architecture_error(model: nn.Module, fit: WeightsFit, weights: Dict[str, torch.Tensor],
+                       path: str) -> CheckpointError:
+    """The checkpoint holds another model than this run builds: what differs, who wrote it, the fix."""
+    return CheckpointError(
+        f"Checkpoint {path} does not fit this run's model ({type(model).__name__}): "
+        f"{_differences(fit, weights)}.{_written_by(path)} Load weights of a run with this run's model.name "
+        "and data.height/width, or set those to the ones of the run that wrote it.")
+
+
+def classifier_note(fit: WeightsFit) -> str:
+    """What becomes of the classifier when it does not come from the checkpoint (empty when it does)."""
+    if fit.identities:
+        trained, here = fit.identities
+        return (f"its classifier was trained on {trained} identities and this run has {here}: the classifier is "
+                "skipped and starts fresh (evaluation uses the encoder only)")
+    if fit.classifier_absent:
+        return ("it holds no classifier (a test-time encoder): the classifier starts fresh (evaluation uses the "
+                "encoder only)")
+    return ""
+
+
+def check_resumable(model: nn.Module, weights: Dict[str, torch.Tensor], path: str) -> None:
+    """A resumed run must build the model its checkpoint was trained as, on the same identities."""
+    fit = compare_weights(model, weights)
+    if fit.architecture_differs:
+        raise architecture_error(model, fit, weights, path)
+    if fit.identities:
+        trained, here = fit.identities
         raise CheckpointError(
-            f"Checkpoint {path} was trained on {weights[key].shape[0]} identities ({key}); this run has "
-            f"{own[key].shape[0]} (the identities of its data.sources). "
-            "model.resume continues the same training only. To start from its encoder alone (classifier, "
-            "PCL memory and prompts fresh), use model.load_weights with this file instead.")
+            f"Checkpoint {path} was trained on {trained} identities; this run has {here} (the identities of its "
+            "data.sources), and the rest of the model matches. model.resume continues the same training only. To "
+            "start from its encoder alone (classifier, PCL memory and prompts fresh), use model.load_weights with "
+            "this file instead.")
 
 
-def load_model_weights(model: nn.Module, path: str, skip_mismatched: Optional[tuple] = ("classifier.",)) -> list:
-    """Load a checkpoint's weights into ``model``; returns the keys that were skipped.
+def apply_weights(model: nn.Module, weights: Dict[str, torch.Tensor], path: str) -> str:
+    """Load ``weights`` (read from ``path``) into ``model``; returns :func:`classifier_note`.
 
-    Keys starting with a prefix in ``skip_mismatched`` whose shape differs (a classifier
-    trained on another number of identities) are skipped: evaluation uses the encoder
-    only. Any other mismatch is an error naming the keys.
+    A classifier trained on another number of identities, or none (an encoder export), leaves
+    the model's own: evaluation uses the encoder only, training starts the classifier fresh.
+    Any other difference is an error naming only what differs.
     """
-    weights = model_state_dict(load_checkpoint(path))
-    own = model.state_dict()
-    skipped = [k for k, v in weights.items()
-               if k in own and own[k].shape != v.shape and skip_mismatched and k.startswith(skip_mismatched)]
-    for key in skipped:
-        weights.pop(key)
-    wrong_shape = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in weights and k not in skipped]
-    unexpected = [k for k in weights if k not in own]
-    if wrong_shape or missing or unexpected:
-        raise CheckpointError(
-            f"Checkpoint {path} does not fit model {type(model).__name__}: "
-            f"shape mismatch {wrong_shape[:5]}, missing {missing[:5]}, unexpected {unexpected[:5]}. "
-            "Check model.name (and data.height/width for ViTs) against the run that wrote it."
-        )
+    fit = compare_weights(model, weights)
+    if fit.architecture_differs:
+        raise architecture_error(model, fit, weights, path)
+    if fit.identities:
+        weights = {k: v for k, v in weights.items() if not k.startswith(CLASSIFIER_PREFIX)}
     model.load_state_dict(weights, strict=False)
-    return skipped
+    return classifier_note(fit)
+
+
+def load_model_weights(model: nn.Module, path: str) -> str:
+    """``model.load_weights``: a checkpoint, an encoder export or a run directory (:func:`find_weights`)
+    into ``model``, as :func:`apply_weights`; returns the log line saying what was loaded."""
+    path = find_weights(path)
+    note = apply_weights(model, model_state_dict(load_checkpoint(path)), path)
+    return f"Loaded weights from {path}" + (f": {note}" if note else "")
 
 
 ENCODER_PREFIXES = ("backbone.", "bnneck.")
@@ -177,9 +311,7 @@ def export_encoder(model: nn.Module, path: str) -> str:
 
 def load_encoder(model: nn.Module, path: str) -> None:
     """Fill ``model``'s backbone and BNNeck from :func:`export_encoder`'s file (strictly)."""
-    from safetensors.torch import load_file
-
-    weights = load_file(path)
+    weights = _load_safetensors(path)
     own = {k for k in model.state_dict() if k.startswith(ENCODER_PREFIXES)}
     if set(weights) != own:
         raise CheckpointError(f"Encoder file {path} does not fit {type(model).__name__}: missing "

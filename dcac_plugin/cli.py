@@ -85,6 +85,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def earlier_demo_run(cfg) -> bool:
+    """Whether ``cfg.data.save_dir`` holds the demo's own earlier run of this engine (its
+    config.yaml names the same engine, model and synthetic datasets). ``dcac demo`` run again
+    replaces it; a folder holding anything else is refused like any run's."""
+    import yaml
+
+    from .launcher import run_config_path
+
+    try:
+        with open(run_config_path(cfg.data.save_dir), encoding="utf-8") as handle:
+            earlier = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError):
+        return False
+    if not isinstance(earlier, dict):
+        return False
+    data, model = earlier.get("data") or {}, earlier.get("model") or {}
+    return ((earlier.get("engine"), model.get("name"), data.get("sources"), data.get("targets"))
+            == (cfg.engine, cfg.model.name, list(cfg.data.sources), list(cfg.data.targets)))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .config import build_config
     from .launcher import run
@@ -94,7 +114,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         path = demo_config_path(engine)
         opts = ["data.root", args.root, "data.save_dir", osp.join(args.save_dir, engine)] + list(args.opts or [])
         print(f"\n===== demo: engine {engine} ({path}) =====", flush=True)
-        summaries.append(run(build_config(path, opts)))
+        cfg = build_config(path, opts)
+        if earlier_demo_run(cfg):
+            cfg.data.overwrite = True
+        summaries.append(run(cfg))
     table = format_results_table(summaries)
     os.makedirs(args.save_dir, exist_ok=True)
     with open(osp.join(args.save_dir, "demo_results.md"), "w", encoding="utf-8") as handle:

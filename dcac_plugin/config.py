@@ -8,7 +8,8 @@ so a short YAML file reproduces the paper; any key the file sets still wins.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Iterable, Mapping, Optional, Sequence
+import os
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -53,6 +54,8 @@ def get_default_config() -> CN:
     # Ours: decode every image once before training and drop unreadable ones with a warning
     # (by default an unreadable image stops the run and names the file).
     cfg.data.skip_corrupt_images = False
+    # Ours: a save_dir holding another run is refused; True starts over there (its outputs deleted).
+    cfg.data.overwrite = False
 
     cfg.market1501 = CN()
     cfg.market1501.use_500k_distractors = False
@@ -258,6 +261,88 @@ def _merge_dict(cfg: CN, overrides: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"Bad value in {where}: {err}") from None
 
 
+# ------------------------------------------------------------------- config files
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _duplicate_key(node: Optional[yaml.Node], prefix: str = "",
+                   walked: Optional[set] = None) -> Optional[Tuple[str, int, int]]:
+    """The first key given twice in one mapping of a composed YAML document, as (dotted key, first
+    line, second line), 1-based; None if there is none. ``yaml.safe_load`` silently keeps the last,
+    so a setting written twice would be half ignored. Merged keys (``<<``) may be overridden, as
+    YAML intends; ``walked`` guards against recursive aliases."""
+    walked = set() if walked is None else walked
+    if not isinstance(node, yaml.MappingNode) or id(node) in walked:
+        return None
+    walked.add(id(node))
+    first_line: dict = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == _MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+            continue
+        key, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
+        if key in first_line:
+            return key, first_line[key], line
+        first_line[key] = line
+        found = _duplicate_key(value_node, f"{key}.", walked)
+        if found:
+            return found
+    return None
+
+
+def _config_text(path: str) -> str:
+    """The text of config file ``path``, or a ConfigError saying why it cannot be read as text."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:
+        raise ConfigError(f"Cannot read config file {path} ({err.strerror or err}).") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"Config file {path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                          "name a YAML file, saved as UTF-8.") from None
+
+
+def _yaml_position(err: yaml.YAMLError) -> str:
+    """Where PyYAML found the problem: ``line L, column C`` (1-based), or '' if it does not say."""
+    mark = getattr(err, "problem_mark", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def _parse_config(text: str, path: str) -> dict:
+    """The mapping a config file's ``text`` holds; a ConfigError naming ``path`` and the line otherwise."""
+    try:
+        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader))
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"Config file {path} is not valid YAML at {_yaml_position(err) or 'an unknown place'}: "
+                          f"{problem}. Fix the file there (YAML indents with spaces; quote values holding ': ' "
+                          "or '#').") from None
+    if duplicate:
+        key, first, again = duplicate
+        raise ConfigError(f"Config file {path} sets {key!r} twice (lines {first} and {again}); only the last would "
+                          "count. Keep one of them.")
+    if loaded is None:
+        raise ConfigError(f"Config file {path} is empty (or holds only comments). Put KEY: VALUE lines in it, "
+                          "or leave out --config-file to use the defaults.")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"Config file {path} must hold a YAML mapping of keys, not {type(loaded).__name__}.")
+    return loaded
+
+
+def load_config_file(config_file: str) -> Tuple[str, dict]:
+    """(path, settings) of a config file or shipped config name (see
+    :func:`~dcac_plugin.shipped.resolve_config`); every way the file can be unusable (a folder,
+    unreadable, not UTF-8, not YAML, a key given twice, empty, not a mapping) is a ConfigError."""
+    if os.path.isdir(config_file):
+        raise ConfigError(f"Config file {config_file} is a folder; name a YAML file (e.g. one in that folder), "
+                          "or a shipped config (`dcac configs` lists them).")
+    path = resolve_config(config_file)
+    return path, _parse_config(_config_text(path), path)
+
+
 def build_config(
     config_file: Optional[str] = None,
     opts: Sequence[str] = (),
@@ -277,11 +362,7 @@ def build_config(
         raise ConfigError(f"Command-line overrides come in KEY VALUE pairs; got an odd list: {list(opts)}")
     file_overrides: dict = {}
     if config_file:
-        config_file = resolve_config(config_file)
-        with open(config_file, encoding="utf-8") as handle:
-            file_overrides = yaml.safe_load(handle) or {}
-        if not isinstance(file_overrides, dict):
-            raise ConfigError(f"Config file {config_file} must hold a YAML mapping of keys, not {type(file_overrides).__name__}.")
+        config_file, file_overrides = load_config_file(config_file)
     cli_overrides = _nested(list(opts))
     cfg = get_default_config()
     engine = str(cli_overrides.get("engine", file_overrides.get("engine", "")))

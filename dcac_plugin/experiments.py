@@ -22,6 +22,7 @@ from .distributed import launched_info
 from .errors import CommandFailed, ConfigError
 from .protocols import domain, paper_variant, setting_name
 from .registry import nearest_names
+from .save_dir import run_outputs
 from .shipped import (CONFIG_SUFFIXES, RUN_LIST_SUFFIX, resolve_config, resolve_run_list, shipped_config,
                       shipped_configs, shipped_run_list, shipped_run_lists)
 
@@ -102,6 +103,19 @@ def run_status(save_dir: str) -> str:
 
 # ------------------------------------------------------------------------------ running
 
+def continuation_opts(status: str, save_dir: str) -> List[str]:
+    """How a run of the list carries on from what its folder holds: an interrupted run is
+    resumed; a run that stopped before its first checkpoint (outputs such as config.yaml or
+    event files, nothing to resume) starts over in its own folder, which the launcher would
+    otherwise refuse as holding another run."""
+    if status == "interrupted":
+        return ["model.resume", save_dir]
+    if status == "new" and run_outputs(save_dir):
+        print(f"starting over: {save_dir} holds a run that stopped before its first checkpoint", flush=True)
+        return ["data.overwrite", "True"]
+    return []
+
+
 def run_experiments(configs: Sequence[str], out_dir: str, opts: Sequence[str] = (), keep_going: bool = False,
                     runner: Optional[Callable[[Any], Any]] = None) -> List[dict]:
     """Run ``configs`` one after another, each in ``run_dir(out_dir, config)``: done runs
@@ -125,9 +139,7 @@ def run_experiments(configs: Sequence[str], out_dir: str, opts: Sequence[str] = 
             if status == "done":
                 print("skip (done)", flush=True)
                 continue
-            run_opts = list(opts) + ["data.save_dir", save_dir]
-            if status == "interrupted":
-                run_opts += ["model.resume", save_dir]
+            run_opts = list(opts) + ["data.save_dir", save_dir] + continuation_opts(status, save_dir)
             record["action"] = "resumed" if status == "interrupted" else "ran"
             try:
                 runner(build_config(config, run_opts))

@@ -18,6 +18,7 @@ from torch import nn
 
 from .checkpoint import atomic_write
 from .errors import CommandFailed
+from .outputs import check_output_files
 
 ONNX_INPUT, ONNX_OUTPUT = "images", "features"
 # Larger gaps than this between an exported file and PyTorch mean a broken export, not float noise.
@@ -127,12 +128,15 @@ def _default_output(run: str, fmt: str) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """``dcac export``: the output is checked before the model is loaded (an existing file is
+    replaced only with --overwrite)."""
     from .data.transforms import evaluation_interpolation
     from .inference import load_trained_model
 
+    output = args.output or _default_output(args.run, args.format)
+    check_output_files([output], args.overwrite, "--output")
     model, cfg, weights = load_trained_model(args.run, args.config_file)
     height, width = cfg.data.height, cfg.data.width
-    output = args.output or _default_output(args.run, args.format)
     if args.format == "onnx":
         export_onnx(model, output, height, width, opset=args.opset)
         diff = verify_onnx(output, model, _example(3, height, width))

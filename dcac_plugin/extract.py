@@ -22,6 +22,7 @@ from .data.loaders import image_list_loader
 from .data.transforms import evaluation_interpolation, plain_transform
 from .errors import UsageError
 from .export import InferenceEncoder
+from .outputs import check_output_files
 
 
 def eval_transform(cfg: CN) -> Callable:
@@ -91,9 +92,11 @@ def default_device() -> str:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    """``dcac extract``: the images are found before the model is loaded, so a wrong path fails at once."""
+    """``dcac extract``: the output is checked and the images are found before the model is
+    loaded, so a wrong path (or an existing file without --overwrite) fails at once."""
     from .inference import image_paths, load_trained_model
 
+    check_output_files([args.output], args.overwrite, "--output")
     try:
         paths = image_paths(args.images)
     except FileNotFoundError as error:

@@ -15,6 +15,8 @@ from typing import Optional
 from huggingface_hub import constants, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.utils import get_session
 
+from .writable import ensure_writable_folder, environment_fix
+
 PROBE_TIMEOUT_SECONDS = 5.0
 _TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 
@@ -56,10 +58,18 @@ def file_url(repo_id: str, filename: str) -> str:
     return hf_hub_url(repo_id, filename)
 
 
+def ensure_hub_cache_writable(what: str, alternative: str) -> None:
+    """Before a download into the Hugging Face cache: an unwritable cache (a read-only HOME) is one
+    line naming it, the variable that moves it and ``alternative``, not a traceback mid-download."""
+    variable = "HF_HUB_CACHE" if os.environ.get("HF_HUB_CACHE") else "HF_HOME"
+    ensure_writable_folder(constants.HF_HUB_CACHE, what,
+                           f"{environment_fix(variable, '~/.cache/huggingface/hub')} {alternative}")
+
+
 def repo_url(repo_id: str) -> str:
     """The web page of a hub repository (for error messages)."""
     return f"{constants.ENDPOINT}/{repo_id}"
 
 
-__all__ = ["PROBE_TIMEOUT_SECONDS", "cached_file", "file_url", "hub_unreachable_reason", "offline_by_environment",
-           "repo_url"]
+__all__ = ["PROBE_TIMEOUT_SECONDS", "cached_file", "ensure_hub_cache_writable", "file_url", "hub_unreachable_reason",
+           "offline_by_environment", "repo_url"]

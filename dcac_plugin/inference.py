@@ -8,42 +8,20 @@ from __future__ import annotations
 
 import os
 import os.path as osp
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
+import torch
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from .checkpoint import CheckpointError, load_checkpoint, load_encoder, load_model_weights, model_state_dict
+from .checkpoint import (CheckpointError, apply_weights, find_run_config, find_weights, load_checkpoint,
+                         model_state_dict)
 from .config import build_config
 
 
-def find_run_config(source: str) -> Optional[str]:
-    """``config.yaml`` of the run a directory or checkpoint belongs to, if there is one."""
-    folder = source if osp.isdir(source) else osp.dirname(osp.abspath(source))
-    for candidate in (osp.join(folder, "config.yaml"), osp.join(osp.dirname(folder), "config.yaml")):
-        if osp.isfile(candidate):
-            return candidate
-    return None
-
-
-def find_weights(source: str) -> str:
-    """The weights a run directory stands for: its encoder export, else its best, else its latest checkpoint."""
-    if not osp.isdir(source):
-        if not osp.isfile(source):
-            raise CheckpointError(f"No checkpoint or run directory at {source}.")
-        return source
-    for candidate in ("encoder.safetensors", osp.join("model", "best.pth.tar"), osp.join("model", "latest.pth.tar")):
-        path = osp.join(source, candidate)
-        if osp.isfile(path):
-            return path
-    raise CheckpointError(f"Run directory {source} has no encoder.safetensors and no model/best.pth.tar or "
-                          "model/latest.pth.tar; name a checkpoint file instead.")
-
-
-def _num_classes(weights_path: str) -> int:
-    if weights_path.endswith(".safetensors"):
-        return 1  # the encoder export has no classifier; any size fits
-    classifier = model_state_dict(load_checkpoint(weights_path)).get("classifier.weight")
+def _num_classes(weights: Dict[str, torch.Tensor]) -> int:
+    """The classifier's rows; 1 for an encoder export, which has no classifier (any size fits)."""
+    classifier = weights.get("classifier.weight")
     return int(classifier.shape[0]) if classifier is not None else 1
 
 
@@ -65,13 +43,11 @@ def load_trained_model(source: str, config_file: Optional[str] = None,
                               "(--config-file).")
     cfg = build_config(config_file, list(opts) + ["model.pretrained", "False", "model.load_weights", "",
                                                   "model.resume", ""])
-    weights = find_weights(source)
+    path = find_weights(source)
+    weights = model_state_dict(load_checkpoint(path))
     model = build_model(cfg, _num_classes(weights), "softmax", use_gpu=False)
-    if weights.endswith(".safetensors"):
-        load_encoder(model, weights)
-    else:
-        load_model_weights(model, weights)
-    return model.eval(), cfg, weights
+    apply_weights(model, weights, path)
+    return model.eval(), cfg, path
 
 
 def image_paths(source: str, extensions: Tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp")) -> list:

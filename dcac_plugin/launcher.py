@@ -20,7 +20,7 @@ from torchreid import models as reid_models
 from torchreid import utils as reid_utils
 
 from . import distributed
-from .checkpoint import (CheckpointError, atomic_write, check_same_identities, export_encoder, load_checkpoint, load_model_weights,
+from .checkpoint import (CheckpointError, atomic_write, check_resumable, export_encoder, load_checkpoint, load_model_weights,
                          model_state_dict)
 from .config import ConfigError, device_kwargs, engine_run_kwargs, imagedata_kwargs
 from .data.layouts import check_datasets
@@ -36,6 +36,10 @@ from .optim import build_optimizer, build_scheduler
 from .performance import AMP_CHOICES, compile_modules, enable_gradient_checkpointing
 from .registration import image_dataset_table, model_factory
 from .registry import ENGINES, nearest_name
+from .writable import writing_torch_cache
+from .validation import check_values
+from .run_lock import run_lock
+from .save_dir import check_save_dir, remove_outputs
 
 
 def _unknown(kind: str, name: str, valid) -> ConfigError:
@@ -44,8 +48,23 @@ def _unknown(kind: str, name: str, valid) -> ConfigError:
                        + f" Valid: {', '.join(sorted(valid))}")
 
 
+def check_epochs(cfg: CN) -> None:
+    """A training run that would train no epoch (torchreid runs on silently: an empty results
+    table, and the random initialisation exported as the run's encoder)."""
+    if cfg.test.evaluate:
+        return
+    if cfg.train.max_epoch < 1:
+        raise ConfigError(f"train.max_epoch is {cfg.train.max_epoch}: a training run needs at least 1 epoch. Set "
+                          "train.max_epoch to 1 or more, or test.evaluate True to evaluate only.")
+    if not 0 <= cfg.train.start_epoch < cfg.train.max_epoch:
+        raise ConfigError(f"train.start_epoch {cfg.train.start_epoch} is outside [0, train.max_epoch = "
+                          f"{cfg.train.max_epoch}), so no epoch would be trained. Set train.start_epoch between 0 and "
+                          f"{cfg.train.max_epoch - 1}; to continue a stopped run, use model.resume instead.")
+
+
 def check_config(cfg: CN) -> None:
     """Names that torchreid would only reject deep inside a run, checked up front."""
+    check_epochs(cfg)
     if cfg.engine not in ENGINES:
         raise _unknown("engine (config key `engine`)", cfg.engine, ENGINES.names())
     if cfg.model.name not in model_factory():
@@ -73,6 +92,7 @@ def check_config(cfg: CN) -> None:
     if engine_cls.model_loss == "reid" and cfg.model.name not in CLIP_MODELS:
         raise ConfigError(f"engine {cfg.engine!r} needs a CLIP Re-ID model (BNNeck feature); "
                           f"set model.name to one of {sorted(CLIP_MODELS)}.")
+    check_values(cfg)
 
 
 def warn_rare_identities(cfg: CN, items: list) -> None:
@@ -165,9 +185,10 @@ def build_model(cfg: CN, num_classes: int, model_loss: str, use_gpu: bool) -> nn
     if name in CLIP_MODELS:
         return model_factory()[name](num_classes=num_classes, loss=model_loss, pretrained=cfg.model.pretrained,
                                      weights=cfg.dcac.clip_weights, img_size=(cfg.data.height, cfg.data.width))
-    return reid_models.build_model(name=name, num_classes=num_classes, loss=model_loss,
-                                   pretrained=cfg.model.pretrained,
-                                   **device_kwargs(reid_models.build_model, use_gpu))
+    with writing_torch_cache(f"torchreid's pretrained {name} weights"):
+        return reid_models.build_model(name=name, num_classes=num_classes, loss=model_loss,
+                                       pretrained=cfg.model.pretrained,
+                                       **device_kwargs(reid_models.build_model, use_gpu))
 
 
 def resolve_resume_path(path: str) -> str:
@@ -188,7 +209,7 @@ def resume(path: str, model: nn.Module, engine) -> int:
     if "epoch" not in state or "optimizer" not in state:
         raise CheckpointError(f"{path} holds weights, not a training state; use model.load_weights to start from it.")
     weights = model_state_dict(state)
-    check_same_identities(model, weights, path)
+    check_resumable(model, weights, path)
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
@@ -274,8 +295,7 @@ def prepare(cfg: CN) -> PreparedRun:
     print(f"Building model: {cfg.model.name}")
     model = build_model(cfg, datamanager.num_train_pids, engine_cls.model_loss, use_gpu)
     if cfg.model.load_weights:
-        skipped = load_model_weights(model, cfg.model.load_weights)
-        print(f"Loaded weights from {cfg.model.load_weights}" + (f" (skipped {skipped})" if skipped else ""))
+        print(load_model_weights(model, cfg.model.load_weights))
     if use_gpu:
         model = model.cuda()
     # Modules trained beside the Re-ID model (dcac: prompts, adapters); not needed to evaluate.
@@ -352,19 +372,27 @@ def run_output(cfg: CN):
     bad value found while building) in a save_dir it created leaves nothing there: the error
     is on the console, and an empty-handed folder would only be litter (``dcac experiments``
     would leave one per run of a list). In a folder that existed, its log stays, with the error.
+
+    Rank 0 holds the save_dir's lock for the whole run and, under it, checks that the folder
+    holds no other run (:func:`~dcac_plugin.save_dir.check_save_dir`); the other ranks of the
+    job check too, and take no lock. A refused run writes nothing there, not even its log.
+    Yields the earlier outputs this run replaces (``data.overwrite``; deleted when it starts).
     """
     if not distributed.launched_info().is_main:
+        replaced = check_save_dir(cfg)
         os.environ["TQDM_DISABLE"] = "1"
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-            yield
+            yield replaced
         return
     created = missing_folders(cfg.data.save_dir)
     log_name = ("test.log" if cfg.test.evaluate else "train.log") + time.strftime("-%Y-%m-%d-%H-%M-%S")
     log_path = osp.join(cfg.data.save_dir, log_name)
     try:
         ensure_writable(cfg.data.save_dir)
-        with tee_stdout(log_path):
-            yield
+        with run_lock(cfg.data.save_dir):
+            replaced = check_save_dir(cfg)
+            with tee_stdout(log_path):
+                yield replaced
     except BaseException:
         if created and not osp.isfile(run_config_path(cfg.data.save_dir)):
             remove_failed_start(log_path, created)
@@ -379,10 +407,12 @@ def run(cfg: CN) -> Dict[str, Any]:
     Launched with torchrun, every rank runs this; rank 0 alone logs, evaluates and writes.
     """
     check_config(cfg)
-    with run_output(cfg):
+    with run_output(cfg) as replaced:
         print(f"Show configuration\n{cfg}\n")
         prepared = prepare(cfg)
         if distributed.launched_info().is_main:
+            if replaced:
+                remove_outputs(cfg.data.save_dir, replaced)
             atomic_write(run_config_path(cfg.data.save_dir), lambda handle: handle.write(cfg.dump().encode()))
         prepared.engine.run(**prepared.run_kwargs)
         summary = {"engine": cfg.engine, "model": cfg.model.name, "sources": list(cfg.data.sources),

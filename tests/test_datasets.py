@@ -27,9 +27,10 @@ from dataset_writers import (
     write_msmt17_folder,
     write_msmt17_lists,
 )
+from dcac_plugin.cli import demo_config_path, main
 from dcac_plugin.config import build_config
 from dcac_plugin.data.datasets import EXTRA_DATASETS
-from dcac_plugin.data.layouts import DatasetLayoutError, check_dataset_layout
+from dcac_plugin.data.layouts import DatasetFileNameError, DatasetLayoutError, check_dataset_layout
 from dcac_plugin.data.msmt17 import MSMT17TrainVal, msmt17_train_with_val
 from dcac_plugin.launcher import build_datamanager
 from dcac_plugin.protocols import SAME_DOMAIN
@@ -167,12 +168,99 @@ def test_unparsable_names_and_cameras_are_named(tmp_path):
     write_msmt17_folder(tmp_path)
     train_dir = tmp_path / "MSMT17" / "bounding_box_train"
     shutil.copy(next(train_dir.iterdir()), train_dir / "0005_c16_0001.jpg")  # MSMT17 has c1..c15
-    with pytest.raises(ValueError, match="0005_c16_0001.jpg: camera c16 is outside c1..c15"):
+    with pytest.raises(DatasetFileNameError, match=r'0005_c16_0001.jpg" has camera c16, outside c1..c15\. .*'
+                                                   r"e\.g\. 0012_c14_0003\.jpg \(pid 12, camera 14\)"):
         load(tmp_path, ["msmt17_folder"])
     os.remove(train_dir / "0005_c16_0001.jpg")
     shutil.copy(next(train_dir.iterdir()), train_dir / "IMG_0001.jpg")
-    with pytest.raises(ValueError, match="IMG_0001.jpg: the file name does not start with <pid>_c<camera>"):
+    with pytest.raises(DatasetFileNameError, match=r'IMG_0001.jpg" has no <pid>_c<camera> in its name\. .*'
+                                                   r"Fix: rename or remove the file\."):
         load(tmp_path, ["msmt17_folder"])
+
+
+def train_error(root: Path, dataset: str, capsys) -> str:
+    """The message ``dcac train`` on ``dataset`` under ``root`` fails with, after checking how it fails."""
+    code = main(["train", "--config-file", demo_config_path("baseline"), "-s", dataset, "-t", dataset,
+                 "--root", str(root), "data.save_dir", str(root / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("dcac: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    return err[len("dcac: error: "):].rstrip("\n")
+
+
+def torchreid_reads(name: str, root: Path) -> Tuple[str, list]:
+    """What torchreid's own reader makes of ``name`` under ``root``: ("ok", train) or (error type, [])."""
+    try:
+        return "ok", reid_data.datasets.init_image_dataset(name, root=str(root), verbose=False).train
+    except Exception as error:  # what torchreid raises is the point here
+        return type(error).__name__, []
+
+
+MARKET_NAMES = "e.g. 0002_c1s1_000451_03.jpg (pid 2, camera 1), with cameras c1..c6. Fix: rename or remove the file."
+
+
+def test_image_without_pid_and_camera_is_named_before_torchreid_reads(tmp_path, capsys):
+    write_market1501(tmp_path)
+    query = tmp_path / "market1501" / "Market-1501-v15.09.15" / "query"
+    shutil.copy(next(query.iterdir()), query / "IMG_0001.jpg")
+    assert torchreid_reads("market1501", tmp_path)[0] == "AttributeError"  # None.groups()
+    assert train_error(tmp_path, "market1501", capsys) == (
+        f'Dataset \'market1501\': image "{query / "IMG_0001.jpg"}" has no <pid>_c<camera> in its name. Its images '
+        f"are named <pid>_c<camera>..., {MARKET_NAMES}")
+
+
+@pytest.mark.parametrize("dataset,writer,folder,name,problem", [
+    ("market1501", write_market1501, "market1501/Market-1501-v15.09.15", "0002_c7s1_000001_01.jpg",
+     "has camera c7, outside c1..c6"),
+    ("market1501", write_market1501, "market1501/Market-1501-v15.09.15", "0002_c01s1_000001_01.jpg",
+     "has camera c01, of which torchreid reads one digit (c0)"),
+    ("market1501", write_market1501, "market1501/Market-1501-v15.09.15", "1502_c1s1_000001_01.jpg",
+     "has pid 1502, outside 0..1501 (-1 for junk)"),
+    ("dukemtmcreid", write_dukemtmcreid, "dukemtmc-reid/DukeMTMC-reID", "0005_c9_f0000001.jpg",
+     "has camera c9, outside c1..c8"),
+])
+def test_names_torchreid_only_asserts_on_are_named_with_the_valid_range(tmp_path, capsys, dataset, writer, folder,
+                                                                        name, problem):
+    writer(tmp_path)
+    train_dir = tmp_path / folder / "bounding_box_train"
+    shutil.copy(next(train_dir.iterdir()), train_dir / name)
+    assert torchreid_reads(dataset, tmp_path)[0] == "AssertionError"
+    message = train_error(tmp_path, dataset, capsys)
+    assert message.startswith(f"Dataset {dataset!r}: image \"{train_dir / name}\" {problem}. Its images are named ")
+    assert message.endswith(MARKET_NAMES if dataset == "market1501" else
+                            "e.g. 0001_c2_f0046182.jpg (pid 1, camera 2), with cameras c1..c8. "
+                            "Fix: rename or remove the file.")
+
+
+def test_junk_images_are_left_to_torchreid_whatever_their_camera(tmp_path):
+    write_market1501(tmp_path)
+    train_dir = tmp_path / "market1501" / "Market-1501-v15.09.15" / "bounding_box_train"
+    shutil.copy(next(train_dir.iterdir()), train_dir / "-1_c9s1_000001_01.jpg")  # skipped before its camera is read
+    assert torchreid_reads("market1501", tmp_path)[0] == "ok"
+    check_dataset_layout("market1501", str(tmp_path))
+
+
+def test_a_data_root_named_like_an_image_is_named_instead_of_silently_parsed(tmp_path, capsys):
+    root = tmp_path / "run_2_c1"
+    written = write_market1501(root)
+    # torchreid searches the whole path: every training image becomes pid 2's, camera 1's.
+    status, train = torchreid_reads("market1501", root)
+    assert status == "ok" and len(train) == len(written.train)
+    assert {(pid, camid) for _, pid, camid, _ in train} == {(0, 0)}
+    message = train_error(root, "market1501", capsys)
+    assert message.startswith(f'Dataset \'market1501\': image "{root}{os.sep}market1501')
+    assert (f"lies under the folder {root}, whose name holds '2_c1': torchreid takes pid and camera from the first "
+            "<pid>_c<camera> in the whole path.") in message
+    assert message.endswith("Fix: rename that folder, or move the dataset out of it.")
+
+
+def test_our_readers_name_errors_reach_the_user_as_one_line(tmp_path, capsys):
+    write_cuhk03_np(tmp_path, subsets=("detected",))
+    query = tmp_path / "cuhk03-np" / "detected" / "query"
+    shutil.copy(next(query.iterdir()), query / "0002_c3_9.png")
+    assert train_error(tmp_path, "cuhk03_np", capsys) == (
+        f'Dataset \'cuhk03_np\': image "{query / "0002_c3_9.png"}" has camera c3, outside c1..c2. Its images are '
+        "named <pid>_c<camera>..., e.g. 0001_c1_1.png (pid 1, camera 1), with cameras c1..c2. "
+        "Fix: rename or remove the file.")
 
 
 def test_folder_without_images_of_the_format_is_named(tmp_path):

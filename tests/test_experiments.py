@@ -105,6 +105,21 @@ def test_interrupted_run_is_resumed_not_retrained(first_pass, tmp_path):
     assert json.load(open(os.path.join(save_dir, "results.json")))["results"] == finished["results"]
 
 
+def test_run_stopped_before_its_first_checkpoint_starts_over_in_its_folder(first_pass, tmp_path):
+    save_dir = run_dir(str(tmp_path), "demo_baseline.yaml")
+    shutil.copytree(os.path.join(first_pass["out"], "demo_baseline"), save_dir)
+    os.remove(os.path.join(save_dir, "results.json"))
+    shutil.rmtree(os.path.join(save_dir, "model"))
+    assert run_status(save_dir) == "new"  # its config.yaml and event file are left: a run the launcher would refuse
+
+    code, printed = dcac_experiments("--out", str(tmp_path), "--root", first_pass["data_root"],
+                                     demo_config_path("baseline"), *TINY)
+    assert code == 0
+    assert f"starting over: {save_dir} holds a run that stopped before its first checkpoint" in printed
+    assert "data.overwrite True: deleted the earlier run's outputs" in printed
+    assert run_status(save_dir) == "done"
+
+
 def write_config(folder, name, text):
     path = folder / f"{name}.yaml"
     path.write_text(text)

@@ -36,16 +36,22 @@ def test_train_writes_checkpoint_and_reports_metrics(trained_run):
     assert any(name.startswith("train.log") for name in os.listdir(trained_run))
 
 
-def test_evaluate_only_with_load_weights_reproduces_metrics(trained_run, data_root, tmp_path, capsys):
+# The last checkpoint; the test-time encoder the run exported (no classifier); the run folder, which stands for
+# that encoder.
+@pytest.mark.parametrize("weights, loaded", [(os.path.join("model", "model.pth.tar-2"),) * 2,
+                                             ("encoder.safetensors",) * 2, ("", "encoder.safetensors")],
+                         ids=["checkpoint", "encoder", "run folder"])
+def test_evaluate_only_with_load_weights_reproduces_metrics(weights, loaded, trained_run, data_root, tmp_path, capsys):
     summary = json.load(open(os.path.join(trained_run, "results.json")))
     code = main(["train", "--config-file", demo_config_path("baseline"), "--root", data_root,
                  "data.save_dir", str(tmp_path), "test.evaluate", "True",
-                 "model.load_weights", os.path.join(trained_run, "model", "model.pth.tar-2")])
+                 "model.load_weights", os.path.join(trained_run, weights)])
     assert code == 0
     again = json.load(open(tmp_path / "results.json"))["results"]["synthetic_b"]
     assert again["mAP"] == pytest.approx(summary["results"]["synthetic_b"]["mAP"], abs=1e-6)
     assert again["rank1"] == pytest.approx(summary["results"]["synthetic_b"]["rank1"], abs=1e-6)
     out = capsys.readouterr().out
+    assert f"Loaded weights from {os.path.join(trained_run, loaded)}" in out
     assert "| baseline | clip_vit_tiny | synthetic_a -> synthetic_b |" in out
     assert not any(name.startswith("model") for name in os.listdir(tmp_path))  # no training, no checkpoint
 

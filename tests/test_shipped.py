@@ -103,7 +103,7 @@ def test_readme_config_names_resolve_from_any_directory(elsewhere):
     """Every config the README passes to --config-file or to dcac experiments works without a clone."""
     with open(README, encoding="utf-8") as handle:
         text = handle.read()
-    named = set(re.findall(r"--config-file (\S+)", text)) | set(re.findall(r"dcac experiments .*? (\S+\.yaml)", text))
+    named = set(re.findall(r"--config-file ([\w.-]+/\S+|demo_\w+)", text)) | set(re.findall(r"dcac experiments .*? (\S+\.yaml)", text))
     named = {name.strip("`") for name in named if "..." not in name and name.strip("`[]") not in ("F", "X")}
     assert named, "no config named in the README"
     for name in named:

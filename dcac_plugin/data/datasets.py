@@ -41,20 +41,19 @@ the sources' training sets.
 from __future__ import annotations
 
 import os
-import re
 from typing import Dict, List, Tuple, Type
 
 from torchreid import data as reid_data
 
-from .layouts import DatasetLayout, DatasetLayoutError, check_dataset_layout, register_layout
+from .layouts import (DatasetLayout, DatasetLayoutError, ImageNames, check_dataset_layout, pid_and_camera,
+                      register_layout)
 
 Item = Tuple[str, int, int]  # (image path, pid, 0-based camera), as torchreid's datasets list them
 
 # The order torchreid's Market1501 checks them in, so the first missing one is the one it would name.
 _SPLIT_DIRS = ("bounding_box_train", "query", "bounding_box_test")
-# pid, then camera; the camera may have two digits (MSMT17 has 15).
-_FILE_NAME = re.compile(r"([-\d]+)_c(\d+)")
-_JUNK_PID = -1
+MSMT17_FOLDER_NAMES = ImageNames(example="0012_c14_0003.jpg", num_cameras=15)
+CUHK03_NP_NAMES = ImageNames(example="0001_c1_1.png", num_cameras=2, extension=".png")
 
 MSMT17_FOLDER_LAYOUT = DatasetLayout(
     folder="MSMT17", required=_SPLIT_DIRS,
@@ -80,26 +79,25 @@ CUHK03_NP_LAYOUT = DatasetLayout(
 )
 
 
-def read_market_style_dir(dir_path: str, extension: str, num_cameras: int, relabel: bool) -> List[Item]:
-    """The images ``*<extension>`` of one Market-style folder as torchreid's ``(path, pid, camid)``.
+def read_market_style_dir(dir_path: str, dataset: str, names: ImageNames, relabel: bool) -> List[Item]:
+    """The images ``*<names.extension>`` of one Market-style folder as torchreid's ``(path, pid, camid)``.
 
-    File names start with ``<pid>_c<camera>``; pid -1 (junk) is skipped, cameras 1..``num_cameras``
+    File names start with ``<pid>_c<camera>``; junk pids are skipped, cameras 1..``names.num_cameras``
     become 0-based, and with ``relabel`` the pids become 0..N-1 in ascending order of the written pid.
-    Raises ``ValueError`` naming a file whose name does not parse or whose camera is out of range.
+    Raises :class:`~dcac_plugin.data.layouts.DatasetFileNameError` naming the first file whose name
+    does not parse or whose camera is out of range.
     """
     items = []
     for file_name in sorted(os.listdir(dir_path)):
-        if not file_name.endswith(extension):
+        if not file_name.endswith(names.extension):
             continue
         path = os.path.join(dir_path, file_name)
-        match = _FILE_NAME.search(file_name)
-        if match is None:
-            raise ValueError(f"{path}: the file name does not start with <pid>_c<camera> (e.g. 0001_c1_...)")
-        pid, camera = map(int, match.groups())
-        if pid == _JUNK_PID:
+        found = names.problem(path)
+        if found:
+            raise names.error(dataset, path, *found)
+        pid, camera = pid_and_camera(file_name)
+        if pid == names.junk_pid:
             continue
-        if not 1 <= camera <= num_cameras:
-            raise ValueError(f"{path}: camera c{camera} is outside c1..c{num_cameras}")
         items.append((path, pid, camera - 1))
     if relabel:
         label_of = {pid: label for label, pid in enumerate(sorted({pid for _, pid, _ in items}))}
@@ -107,8 +105,8 @@ def read_market_style_dir(dir_path: str, extension: str, num_cameras: int, relab
     return items
 
 
-def _read_splits(name: str, layout: DatasetLayout, root: str, data_dir: str, extension: str,
-                 num_cameras: int, why: str = "") -> Tuple[List[Item], List[Item], List[Item]]:
+def _read_splits(name: str, layout: DatasetLayout, names: ImageNames, root: str, data_dir: str,
+                 why: str = "") -> Tuple[List[Item], List[Item], List[Item]]:
     """Train, query and gallery of the Market-style folders in ``data_dir``, after checking that
     ``data_dir`` and each folder exist and hold images (``why`` is added to such errors)."""
     for path in (data_dir,) + tuple(os.path.join(data_dir, d) for d in _SPLIT_DIRS):
@@ -118,13 +116,12 @@ def _read_splits(name: str, layout: DatasetLayout, root: str, data_dir: str, ext
     splits = {}
     for split_dir in _SPLIT_DIRS:
         path = os.path.join(data_dir, split_dir)
-        splits[split_dir] = read_market_style_dir(path, extension, num_cameras,
-                                                  relabel=split_dir == "bounding_box_train")
+        splits[split_dir] = read_market_style_dir(path, name, names, relabel=split_dir == "bounding_box_train")
         # torchreid's Dataset indexes train[0], query[0] and gallery[0]: an empty split would
         # otherwise fail there with a bare IndexError.
         if not splits[split_dir]:
-            raise DatasetLayoutError.for_path(name, path, root, layout.tree,
-                                              f"Dataset {name!r} has no usable *{extension} images in {path}{why}.")
+            problem = f"Dataset {name!r} has no usable *{names.extension} images in {path}{why}."
+            raise DatasetLayoutError.for_path(name, path, root, layout.tree, problem)
     return splits["bounding_box_train"], splits["query"], splits["bounding_box_test"]
 
 
@@ -139,8 +136,8 @@ class MSMT17Folder(reid_data.ImageDataset):
         self.root = os.path.abspath(os.path.expanduser(root))
         check_dataset_layout(self.name, self.root)
         self.dataset_dir = os.path.join(self.root, MSMT17_FOLDER_LAYOUT.folder)
-        train, query, gallery = _read_splits(self.name, MSMT17_FOLDER_LAYOUT, self.root, self.dataset_dir,
-                                             ".jpg", num_cameras=15)
+        train, query, gallery = _read_splits(self.name, MSMT17_FOLDER_LAYOUT, MSMT17_FOLDER_NAMES, self.root,
+                                             self.dataset_dir)
         super().__init__(train, query, gallery, **kwargs)
 
 
@@ -159,8 +156,8 @@ class CUHK03NP(reid_data.ImageDataset):
         self.subset = "labeled" if cuhk03_labeled else "detected"
         self.data_dir = os.path.join(self.dataset_dir, self.subset)
         why = f" (cuhk03.labeled_images is {bool(cuhk03_labeled)}, so the {self.subset} subset is read)"
-        train, query, gallery = _read_splits(self.name, CUHK03_NP_LAYOUT, self.root, self.data_dir,
-                                             ".png", num_cameras=2, why=why)
+        train, query, gallery = _read_splits(self.name, CUHK03_NP_LAYOUT, CUHK03_NP_NAMES, self.root,
+                                             self.data_dir, why=why)
         super().__init__(train, query, gallery, **kwargs)
 
 
@@ -169,5 +166,5 @@ EXTRA_DATASETS: Dict[str, Type[reid_data.ImageDataset]] = {"msmt17_folder": MSMT
 register_layout("msmt17_folder", MSMT17_FOLDER_LAYOUT)
 register_layout("cuhk03_np", CUHK03_NP_LAYOUT)
 
-__all__ = ["CUHK03NP", "CUHK03_NP_LAYOUT", "EXTRA_DATASETS", "MSMT17Folder", "MSMT17_FOLDER_LAYOUT",
-           "read_market_style_dir"]
+__all__ = ["CUHK03NP", "CUHK03_NP_LAYOUT", "CUHK03_NP_NAMES", "EXTRA_DATASETS", "MSMT17Folder",
+           "MSMT17_FOLDER_LAYOUT", "MSMT17_FOLDER_NAMES", "read_market_style_dir"]

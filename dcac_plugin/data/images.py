@@ -6,6 +6,11 @@ hangs a whole run instead of failing. Here an unreadable image is read exactly o
 :class:`ImageReadError`, which names the file, what is wrong with it and how to fix it.
 :func:`scan_images` finds every unreadable image of a dataset up front, so a run can either stop
 before training or (with ``data.skip_corrupt_images``) drop them with one warning.
+
+Every image becomes 8-bit RGB. PIL's ``convert("RGB")`` is right for 8-bit modes (L, P, LA, PA,
+RGBA, CMYK, 1, YCbCr...: alpha is dropped, not blended) but clips wider samples at 255, so a
+16-bit PNG comes out almost all white; those modes are scaled instead (:func:`_to_rgb`). An
+image over PIL's decompression-bomb limit is refused rather than decoded.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Mapping, Optional, Sequence
 
+import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
@@ -62,17 +68,82 @@ def _reason(path: str, error: BaseException) -> str:
     return f"truncated or corrupt: {error}"
 
 
+class _Unusable(ValueError):
+    """An image that decodes but whose pixels cannot be made 8-bit RGB faithfully; the message says why."""
+
+
+def _too_large() -> _Unusable:
+    """PIL's guard against decompression bombs (``Image.MAX_IMAGE_PIXELS``): a Re-ID image that
+    large is no person crop, and decoding it would take gigabytes in every loader worker."""
+    return _Unusable(f"too large: over PIL's limit of {Image.MAX_IMAGE_PIXELS} pixels per image "
+                     "(PIL.Image.MAX_IMAGE_PIXELS, its decompression-bomb guard); use a downscaled copy")
+
+
+def _check_size(image: Image.Image) -> None:
+    """Refuse an image over PIL's limit: PIL itself raises only above twice the limit and merely
+    warns between the two."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and image.width * image.height > limit:
+        raise _too_large()
+
+
+# The full scale of each wide sample type. I;16 (any byte order) declares 16 bits per sample, so
+# 65535 is white. I (32-bit) and F (float) declare no scale: Pillow puts 16-bit PGM data (scaled
+# to 0..65535) in I, while an int32 or float array saved from numpy is usually on the 8-bit scale,
+# or 0..1 for floats. Their scale is the smallest of these that holds every value: a fixed scale
+# keeps brightness comparable across images (stretching each image to its own range would not),
+# and choosing by the values can only misjudge an image that is all but black on the larger scale.
+_SIXTEEN_BIT = (65535,)
+_FULL_SCALES = {"I": (255, 65535), "F": (1.0, 255.0)}
+
+
+def _full_scales(mode: str) -> Optional[tuple]:
+    """The candidate full scales of a wide-sample mode, or None for modes PIL converts correctly."""
+    if mode.startswith("I;16"):
+        return _SIXTEEN_BIT
+    return _FULL_SCALES.get(mode)
+
+
+def _to_8bit(samples: np.ndarray, scales: tuple) -> np.ndarray:
+    """Grey ``samples`` scaled to 0..255 from the smallest full scale in ``scales`` that holds them."""
+    if not np.isfinite(samples).all():
+        raise _Unusable("pixel values that are not finite (NaN or infinite); save it as an 8-bit image")
+    low, high = samples.min(), samples.max()
+    scale = next((s for s in scales if high <= s), None)
+    if low < 0 or scale is None:
+        raise _Unusable(f"{samples.dtype} pixel values in [{low}, {high}], beyond every scale known here "
+                        f"({', '.join(f'0..{s}' for s in scales)}), so their brightness is unknown; "
+                        "save it as an 8-bit image")
+    return np.rint(samples.astype(np.float64) * (255 / scale)).astype(np.uint8)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB: wide grey samples (I;16, I, F) scaled to 0..255 (see ``_FULL_SCALES``),
+    every other mode by PIL's ``convert``. Raises ``_Unusable`` for samples that fit no scale."""
+    scales = _full_scales(image.mode)
+    if scales is None:
+        return image.convert("RGB")
+    return Image.fromarray(_to_8bit(np.asarray(image), scales), "L").convert("RGB")
+
+
 def read_image_checked(path: str) -> Image.Image:
-    """Read ``path`` as an RGB image, decoding it fully; raise :class:`ImageReadError` if that fails.
+    """Read ``path`` as an 8-bit RGB image, decoding it fully; raise :class:`ImageReadError` if that
+    fails, if its samples fit no known scale (:func:`_to_rgb`) or if it is over PIL's
+    decompression-bomb limit.
 
     Never retries. ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left off so that a
     truncated JPEG is reported instead of being padded with grey.
     """
     try:
-        # ``with`` closes the file even when decoding fails; convert() forces the full decode
+        # ``with`` closes the file even when decoding fails; _to_rgb() forces the full decode
         # and returns an image that no longer needs the file.
         with Image.open(path) as image:
-            return image.convert("RGB")
+            _check_size(image)
+            return _to_rgb(image)
+    except Image.DecompressionBombError:
+        raise ImageReadError.for_file(path, str(_too_large())) from None
+    except _Unusable as unusable:
+        raise ImageReadError.for_file(path, str(unusable)) from None
     except _DECODE_ERRORS as error:
         raise ImageReadError.for_file(path, _reason(path, error)) from error
 

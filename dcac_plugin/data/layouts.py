@@ -8,15 +8,28 @@ root in use, the folder tree torchreid expects and the fix.
 
 Each :class:`DatasetLayout` mirrors its torchreid class exactly: it requires what that class
 checks or opens while loading, and nothing it treats as optional.
+
+Market-1501 and DukeMTMC-reID take each image's pid and camera from its name, and torchreid's
+readers do it blindly: a name without ``<pid>_c<camera>`` ends in a bare AttributeError, a camera
+out of range in a bare AssertionError, and a parent folder named like ``run-1_c2`` is parsed
+instead of the file name (their pattern searches the whole path), silently. The pre-flight
+checks every name as torchreid will read it and raises :class:`DatasetFileNameError`, naming
+the first bad file, the pattern with an example and the dataset's cameras (:class:`ImageNames`).
 """
 from __future__ import annotations
 
+import glob
 import os
+import re
 from dataclasses import dataclass
 from textwrap import indent
-from typing import Dict, Iterable, Tuple
+from typing import Dict, Iterable, Optional, Pattern, Tuple
+
+from ..errors import UsageError
 
 _FIX = "put the dataset there or pass --root / set data.root"
+# The image folders of a Market-style dataset, in the order torchreid reads them.
+_MARKET_DIRS = ("bounding_box_train", "query", "bounding_box_test")
 
 
 class DatasetLayoutError(FileNotFoundError):
@@ -44,6 +57,92 @@ class DatasetLayoutError(FileNotFoundError):
         return cls(message, dataset=dataset, missing=missing, root=root)
 
 
+class DatasetFileNameError(UsageError):
+    """An image whose name does not give the pid and camera its dataset's reader expects."""
+
+
+# pid, then camera: all of its digits (MSMT17 has 15 cameras).
+MARKET_STYLE_NAME = re.compile(r"([-\d]+)_c(\d+)")
+# torchreid's Market1501 / DukeMTMCreID pattern: one camera digit, searched in the whole path.
+TORCHREID_NAME = re.compile(r"([-\d]+)_c(\d)")
+_RENAME_FILE = "rename or remove the file"
+_RENAME_FOLDER = "rename that folder, or move the dataset out of it"
+
+
+def _pid_and_camera(match: Optional[re.Match]) -> Optional[Tuple[int, int]]:
+    """(pid, camera) of a name match, or None when there is none or the pid is no number (``1-2``)."""
+    try:
+        return (int(match.group(1)), int(match.group(2))) if match else None
+    except ValueError:
+        return None
+
+
+def pid_and_camera(file_name: str) -> Optional[Tuple[int, int]]:
+    """(pid, camera) from a Market-style image name, or None if it has none."""
+    return _pid_and_camera(MARKET_STYLE_NAME.search(file_name))
+
+
+@dataclass(frozen=True)
+class ImageNames:
+    """How a Market-style reader takes pid and camera from an image's name, and what it accepts.
+
+    ``reader_pattern`` is the reader's own expression and ``whole_path`` whether it searches the
+    whole path (torchreid's) or the file name only (ours). Images with ``junk_pid`` are skipped
+    without checking their camera or pid; ``max_pid``, if set, bounds the others (torchreid asserts 0..1501 on
+    Market). ``example`` is a valid name, shown in errors; ``folders`` are those holding images.
+    """
+
+    example: str
+    num_cameras: int
+    extension: str = ".jpg"
+    folders: Tuple[str, ...] = _MARKET_DIRS
+    reader_pattern: Pattern = MARKET_STYLE_NAME
+    whole_path: bool = False
+    junk_pid: Optional[int] = -1
+    max_pid: Optional[int] = None
+
+    def problem(self, path: str) -> Optional[Tuple[str, str]]:
+        """(what is wrong, the fix) for the name of the image at ``path``, or None if the reader
+        will read it right."""
+        file_name = os.path.basename(path)
+        match = MARKET_STYLE_NAME.search(file_name)
+        parsed = _pid_and_camera(match)
+        if parsed is None:
+            return "has no <pid>_c<camera> in its name", _RENAME_FILE
+        searched = path if self.whole_path else file_name
+        read = self.reader_pattern.search(searched)
+        if read.start() < len(searched) - len(file_name):
+            folder = searched[:searched.index(os.sep, read.end())]
+            return (f"lies under the folder {folder}, whose name holds {read.group(0)!r}: torchreid takes pid and "
+                    "camera from the first <pid>_c<camera> in the whole path"), _RENAME_FOLDER
+        pid, camera = parsed
+        if pid == self.junk_pid:
+            return None
+        if not 1 <= camera <= self.num_cameras:
+            return f"has camera c{match.group(2)}, outside c1..c{self.num_cameras}", _RENAME_FILE
+        if _pid_and_camera(read) != parsed:
+            return f"has camera c{match.group(2)}, of which torchreid reads one digit (c{read.group(2)})", _RENAME_FILE
+        if self.max_pid is not None and not 0 <= pid <= self.max_pid:
+            return f"has pid {pid}, outside 0..{self.max_pid} ({self.junk_pid} for junk)", _RENAME_FILE
+        return None
+
+    def error(self, dataset: str, path: str, problem: str, fix: str) -> DatasetFileNameError:
+        """The error for the image at ``path``: ``problem``, the names expected, then ``fix``."""
+        pid, camera = pid_and_camera(self.example)
+        return DatasetFileNameError(
+            f'Dataset {dataset!r}: image "{path}" {problem}. Its images are named <pid>_c<camera>..., e.g. '
+            f"{self.example} (pid {pid}, camera {camera}), with cameras c1..c{self.num_cameras}. Fix: {fix}.")
+
+    def check(self, dataset: str, data_dir: str) -> None:
+        """Raise :class:`DatasetFileNameError` for the first image under ``data_dir`` (by folder,
+        then name) whose name the reader would not read right."""
+        for folder in self.folders:
+            for path in sorted(glob.glob(os.path.join(data_dir, folder, "*" + self.extension))):
+                found = self.problem(path)
+                if found:
+                    raise self.error(dataset, path, *found)
+
+
 @dataclass(frozen=True)
 class DatasetLayout:
     """Where one dataset's files must be, relative to the data root.
@@ -54,7 +153,8 @@ class DatasetLayout:
     check fails if none is. ``required`` are paths under the chosen sub-root;
     ``required_by_alternative`` adds paths for particular sub-roots, for datasets whose versions
     name their folders differently. ``tree`` is the layout shown to the user. ``generated``
-    datasets are created on first use, so there is nothing to check.
+    datasets are created on first use, so there is nothing to check. ``names``, if set, is how
+    the reader parses image names, checked on every image of the chosen sub-root.
     """
 
     folder: str
@@ -63,6 +163,7 @@ class DatasetLayout:
     required: Tuple[str, ...] = ()
     required_by_alternative: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
     generated: bool = False
+    names: Optional[ImageNames] = None
 
     def required_under(self, alternative: str) -> Tuple[str, ...]:
         """Every path that must exist under the sub-root ``alternative``."""
@@ -70,7 +171,6 @@ class DatasetLayout:
         return self.required + tuple(extra)
 
 
-_MARKET_DIRS = ("bounding_box_train", "query", "bounding_box_test")
 _MSMT17_LISTS = ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")
 
 
@@ -91,6 +191,8 @@ EXPECTED_LAYOUTS: Dict[str, DatasetLayout] = {
     # market1501_500k=True, so it is not required.
     "market1501": DatasetLayout(
         folder="market1501", alternatives=("Market-1501-v15.09.15", ""), required=_MARKET_DIRS,
+        names=ImageNames(example="0002_c1s1_000451_03.jpg", num_cameras=6, reader_pattern=TORCHREID_NAME,
+                         whole_path=True, max_pid=1501),
         tree=("market1501/\n"
               "    Market-1501-v15.09.15/      optional level: the folders below may also sit directly\n"
               "                                in market1501/ (used only if this one is absent)\n"
@@ -102,6 +204,9 @@ EXPECTED_LAYOUTS: Dict[str, DatasetLayout] = {
     # Note the folder: torchreid's name is 'dukemtmcreid' but its folder is 'dukemtmc-reid'.
     "dukemtmcreid": DatasetLayout(
         folder="dukemtmc-reid", alternatives=("DukeMTMC-reID",), required=_MARKET_DIRS,
+        # torchreid's Duke reader has no junk pid: it checks the camera of every image.
+        names=ImageNames(example="0001_c2_f0046182.jpg", num_cameras=8, reader_pattern=TORCHREID_NAME,
+                         whole_path=True, junk_pid=None),
         tree=("dukemtmc-reid/\n"
               "    DukeMTMC-reID/\n"
               "        bounding_box_train/     training images, e.g. 0001_c2_f0046182.jpg\n"
@@ -154,7 +259,8 @@ def register_layout(name: str, layout: DatasetLayout) -> None:
 
 
 def check_dataset_layout(name: str, root: str) -> None:
-    """Raise :class:`DatasetLayoutError` for the first path dataset ``name`` lacks under ``root``.
+    """Raise :class:`DatasetLayoutError` for the first path dataset ``name`` lacks under ``root``,
+    :class:`DatasetFileNameError` for the first image whose name its reader would not read right.
 
     Names without a registered layout (datasets registered by users) and generated datasets
     pass without a check.
@@ -182,6 +288,8 @@ def check_dataset_layout(name: str, root: str) -> None:
         path = os.path.join(folder, chosen, relative)
         if not os.path.exists(path):
             raise fail(path, f"Dataset {name!r} is incomplete: {path} does not exist.")
+    if layout.names is not None:
+        layout.names.check(name, os.path.join(folder, chosen))
 
 
 def check_datasets(names: Iterable[str], root: str) -> None:
@@ -192,5 +300,6 @@ def check_datasets(names: Iterable[str], root: str) -> None:
         check_dataset_layout(name, root)
 
 
-__all__ = ["DatasetLayout", "DatasetLayoutError", "EXPECTED_LAYOUTS", "check_dataset_layout", "check_datasets",
+__all__ = ["DatasetFileNameError", "DatasetLayout", "DatasetLayoutError", "EXPECTED_LAYOUTS", "ImageNames",
+           "MARKET_STYLE_NAME", "TORCHREID_NAME", "check_dataset_layout", "check_datasets", "pid_and_camera",
            "register_layout"]

@@ -34,6 +34,8 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from torchreid import data as reid_data
 
+from ..writable import writing
+
 GENERATOR_VERSION = 1
 MARKER_NAME = "SYNTHETIC.json"
 IMAGE_HEIGHT, IMAGE_WIDTH = 128, 64  # Market-1501's crop size
@@ -788,7 +790,8 @@ def ensure_synthetic_dataset(root: str | Path, name: str, spec: SyntheticSpec | 
     """Return ``<root>/<name>``, generating it first unless a complete dataset for exactly this
     domain, spec and generator version is already there.
 
-    ``name`` is a key of :data:`DOMAINS`; any other name raises ``KeyError`` listing them.
+    ``name`` is a key of :data:`DOMAINS`; any other name raises ``KeyError`` listing them. A
+    root that cannot be written raises :class:`~dcac_plugin.errors.UsageError` naming ``--root``.
     """
     style = _style_for(name)
     spec = (spec or SyntheticSpec()).resolved(style)
@@ -799,7 +802,9 @@ def ensure_synthetic_dataset(root: str | Path, name: str, spec: SyntheticSpec | 
             return dataset_dir
     except (OSError, ValueError):
         pass  # no marker or an unreadable one: generate
-    return write_market_layout(dataset_dir, name, spec)
+    with writing(f"synthetic dataset {name!r}", str(dataset_dir),
+                 "It is generated in the data root: pass --root /a/writable/folder (data.root in a config)."):
+        return write_market_layout(dataset_dir, name, spec)
 
 
 # --------------------------------------------------------------------------- torchreid datasets

@@ -21,7 +21,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from ..hub import cached_file, file_url, hub_unreachable_reason, repo_url
+from ..hub import cached_file, ensure_hub_cache_writable, file_url, hub_unreachable_reason, repo_url
 
 DEFAULT_PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 NON_EMA_VARIANT = "non_ema"
@@ -132,6 +132,7 @@ def _download(repo_id: str, ema_weights: bool) -> str:
     """Download what DCAC needs of ``repo_id`` into the Hugging Face cache; returns the snapshot folder."""
     from huggingface_hub import HfApi, snapshot_download
 
+    ensure_hub_cache_writable(f"Stable Diffusion {repo_id!r}", download_hint(repo_id))
     print(f"Downloading Stable Diffusion from the Hugging Face Hub: {repo_id} (unet, vae, scheduler) ...")
     try:
         files = _wanted_files(HfApi().list_repo_files(repo_id), ema_weights)

@@ -18,7 +18,10 @@ from ..diffusion import (DiffusionComponents, DiffusionDenoiser, apply_finetune_
 from ..diffusion.latent_cache import LatentCache, vae_fingerprint
 from ..registry import ENGINES
 from ..rng import preserved_rng
+from ..writable import environment_fix, writing
 from .baseline import BaselineEngine
+
+DEFAULT_CACHE = "~/.cache/dcac-reid"
 
 
 def total_loss(loss_reid: torch.Tensor, loss_dif: torch.Tensor, lambda_dif: float = 1.0) -> torch.Tensor:
@@ -28,14 +31,20 @@ def total_loss(loss_reid: torch.Tensor, loss_dif: torch.Tensor, lambda_dif: floa
 
 def cache_dir() -> str:
     """Where generated artefacts (the tiny demo diffusion model) live: $DCAC_CACHE or ~/.cache/dcac-reid."""
-    return os.environ.get("DCAC_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "dcac-reid"))
+    return os.environ.get("DCAC_CACHE") or os.path.expanduser(DEFAULT_CACHE)
+
+
+def tiny_diffusion_model() -> str:
+    """The tiny demo diffusion model, written under :func:`cache_dir` on first use; a cache that
+    cannot be written is named with the variable that moves it."""
+    folder = os.path.join(cache_dir(), "tiny-stable-diffusion")
+    with writing("the generated tiny diffusion model", folder, environment_fix("DCAC_CACHE", DEFAULT_CACHE)):
+        return save_tiny_stable_diffusion(folder)
 
 
 def resolve_diffusion_source(pretrained: str) -> str:
     """``tiny`` becomes a locally written tiny diffusers folder, loaded like any other folder."""
-    if pretrained == "tiny":
-        return save_tiny_stable_diffusion(os.path.join(cache_dir(), "tiny-stable-diffusion"))
-    return pretrained
+    return tiny_diffusion_model() if pretrained == "tiny" else pretrained
 
 
 class DiffusionFeedback(nn.Module):

@@ -19,6 +19,9 @@ from .clip_weights import ClipWeightsError, read_clip_visual_weights, resolve_cl
 
 ImageSize = Tuple[int, int]
 
+# The CLIP architecture of each Re-ID model: an open_clip name, or ``tiny``.
+CLIP_ARCHITECTURES = {"clip_vit_b16": "ViT-B-16", "clip_vit_tiny": "tiny"}
+
 # The tiny architecture exists for tests and the CPU demo; it is built by the same code.
 _TINY_CFG = {
     "embed_dim": 64,
@@ -173,13 +176,19 @@ def build_clip_reid(
 def clip_vit_b16(num_classes: int, loss: str = "softmax", pretrained: Union[bool, str] = True,
                  weights: str = "openai", img_size: ImageSize = (256, 128), **kwargs) -> ClipReID:
     """CLIP ViT-B/16 Re-ID model (torchreid factory entry; ``use_gpu``/``device`` are ignored)."""
-    return build_clip_reid("ViT-B-16", num_classes, loss, pretrained, weights, img_size)
+    return build_clip_reid(CLIP_ARCHITECTURES["clip_vit_b16"], num_classes, loss, pretrained, weights, img_size)
 
 
 def clip_vit_tiny(num_classes: int, loss: str = "softmax", pretrained: Union[bool, str] = False,
                   weights: str = "", img_size: ImageSize = (128, 64), **kwargs) -> ClipReID:
     """A 2-layer, 64-wide CLIP ViT/16 for tests and the CPU demo; weights only from a local file."""
-    return build_clip_reid("tiny", num_classes, loss, pretrained, weights, img_size)
+    return build_clip_reid(CLIP_ARCHITECTURES["clip_vit_tiny"], num_classes, loss, pretrained, weights, img_size)
 
 
 CLIP_MODELS = {"clip_vit_b16": clip_vit_b16, "clip_vit_tiny": clip_vit_tiny}
+
+
+def clip_patch_size(model_name: str) -> int:
+    """The ViT patch size of CLIP Re-ID model ``model_name``: the sides of its input must be
+    multiples of it (the patch grid is floored, so the remainder would be silently ignored)."""
+    return int(clip_architecture(CLIP_ARCHITECTURES[model_name])["vision_cfg"]["patch_size"])

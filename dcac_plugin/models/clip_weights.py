@@ -17,7 +17,7 @@ import torch
 
 import open_clip
 
-from ..hub import cached_file, file_url, hub_unreachable_reason
+from ..hub import cached_file, ensure_hub_cache_writable, file_url, hub_unreachable_reason
 
 # open_clip's file names on the hub, safetensors first (as open_clip itself prefers).
 _OPEN_CLIP_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -131,6 +131,8 @@ def resolve_clip_weights_file(source: str, arch: str) -> str:
     if reason:
         raise ClipWeightsError(f"CLIP {arch} weights {source!r} are not in the local cache and {reason}. Download "
                                f"{' or '.join(_download_addresses(pretrained_cfg))}, then {fix}.")
+    ensure_hub_cache_writable(f"CLIP {arch} weights {source!r}",
+                              f"Or download {' or '.join(_download_addresses(pretrained_cfg))}, then {fix}.")
     print(f"Downloading CLIP {arch} weights {source!r} ...")
     try:
         return open_clip.download_pretrained(pretrained_cfg)

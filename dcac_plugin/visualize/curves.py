@@ -17,6 +17,9 @@ FIGSIZE = (8.0, 4.5)
 DPI = 100
 # torchreid's timing meters, the learning rate and the training accuracy (percent) are not loss terms.
 NOT_LOSSES = ("Train/time", "Train/data", "Train/lr", "Train/acc")
+# What plot_training_curves may write into its folder (those the run logged the scalars of).
+CURVE_FILES = ("losses.png", "lr.png", "evaluation.png")
+LOSSES_PNG, LR_PNG, EVALUATION_PNG = CURVE_FILES
 
 
 def event_files(run: str) -> List[str]:
@@ -57,9 +60,12 @@ def evaluation_points(points: List[Tuple[int, float]]) -> List[Tuple[int, float]
 
 
 def _save(figure, path: str) -> str:
+    """Write ``figure`` as a PNG, atomically (a crash never leaves half a picture)."""
     import matplotlib.pyplot as plt
 
-    figure.savefig(path, dpi=DPI)
+    from ..checkpoint import atomic_write
+
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=DPI))
     plt.close(figure)
     return path
 
@@ -88,12 +94,12 @@ def plot_training_curves(run: str, out_dir: str) -> List[str]:
             steps, values = zip(*scalars[tag])
             axes.plot(steps, values, label=tag[len("Train/"):])
         axes.legend()
-        written.append(_save(figure, osp.join(out_dir, "losses.png")))
+        written.append(_save(figure, osp.join(out_dir, LOSSES_PNG)))
     if "Train/lr" in scalars:
         figure, axes = _figure("Learning rate", "iteration", "lr")
         steps, values = zip(*scalars["Train/lr"])
         axes.plot(steps, values)
-        written.append(_save(figure, osp.join(out_dir, "lr.png")))
+        written.append(_save(figure, osp.join(out_dir, LR_PNG)))
     metrics = sorted(tag for tag in scalars if tag.startswith("Test/") and tag.rsplit("/", 1)[-1] in ("mAP", "rank1"))
     if metrics:
         from matplotlib.ticker import MaxNLocator
@@ -104,10 +110,10 @@ def plot_training_curves(run: str, out_dir: str) -> List[str]:
             steps, values = zip(*evaluation_points(scalars[tag]))
             axes.plot(steps, [100 * v for v in values], marker="o", label=tag[len("Test/"):])
         axes.legend()
-        written.append(_save(figure, osp.join(out_dir, "evaluation.png")))
+        written.append(_save(figure, osp.join(out_dir, EVALUATION_PNG)))
     if not written:
         raise ValueError(f"The event files of {run} hold no Train/* or Test/* scalars to plot.")
     return written
 
 
-__all__ = ["evaluation_points", "event_files", "plot_training_curves", "read_scalars"]
+__all__ = ["CURVE_FILES", "evaluation_points", "event_files", "plot_training_curves", "read_scalars"]

@@ -12,7 +12,6 @@ output alone, so the gradient on its patch tokens is zero.
 """
 from __future__ import annotations
 
-import os
 import os.path as osp
 from typing import Sequence
 
@@ -21,8 +20,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from yacs.config import CfgNode as CN
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, atomic_write
+from ..data.images import read_image_checked
+from ..errors import UsageError
+from ..models import CLIP_MODELS, ClipReID
 
 
 def _target_layer(model: nn.Module) -> nn.Module:
@@ -84,6 +87,9 @@ def overlay(image_rgb: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.nd
 def classifier_checkpoint(run: str) -> str:
     """The checkpoint of ``run`` that holds the ID classifier (the encoder export has none)."""
     if not osp.isdir(run):
+        if run.endswith(".safetensors"):
+            raise CheckpointError(f"{run} is a test-time encoder: GradCAM needs the ID classifier, which it does not "
+                                  "hold. Name model/best.pth.tar or model/latest.pth.tar of its run.")
         return run
     for name in ("best.pth.tar", "latest.pth.tar"):
         path = osp.join(run, "model", name)
@@ -93,25 +99,45 @@ def classifier_checkpoint(run: str) -> str:
                           "the ID classifier, which encoder.safetensors does not hold. Name a checkpoint file.")
 
 
+def require_clip_model(model: nn.Module, cfg: CN) -> None:
+    """GradCAM reads a ViT's tokens through the BNNeck -> classifier path: CLIP Re-ID models only."""
+    if not isinstance(model, ClipReID):
+        raise UsageError(f"dcac visualize gradcam needs a CLIP ViT Re-ID model (model.name "
+                         f"{' or '.join(sorted(CLIP_MODELS))}: ViT tokens, BNNeck and ID classifier); this run "
+                         f"trained {cfg.model.name} with engine {cfg.engine}.")
+
+
+def image_format(path: str) -> str:
+    """The PIL format a picture file's extension names (the file is written through a handle,
+    which has no name to guess it from)."""
+    extension = osp.splitext(path)[1].lower()
+    known = Image.registered_extensions()
+    if extension not in known:
+        raise ValueError(f"{path}: unknown picture extension {extension or '(none)'!r}; name a .png or .jpg file.")
+    return known[extension]
+
+
 def save_gradcam_grid(run: str, images: Sequence[str], class_index: int, out_path: str) -> str:
-    """One PNG row per image: the image at the model's input size, then its GradCAM overlay for ``class_index``."""
+    """One row per image: the image at the model's input size, then its GradCAM overlay for
+    ``class_index``; written atomically in the format ``out_path``'s extension names."""
     from ..extract import eval_transform
     from ..inference import load_trained_model
 
     if not images:
         raise ValueError("No images given for GradCAM.")
+    picture_format = image_format(out_path)
     model, cfg, _ = load_trained_model(classifier_checkpoint(run))
+    require_clip_model(model, cfg)
     test_transform = eval_transform(cfg)
     rows = []
     for path in images:
-        picture = Image.open(path).convert("RGB")
+        picture = read_image_checked(path)
         # The same resize the model sees, so the map lines up with the picture.
         shown = np.asarray(test_transform.transforms[0](picture))
         cam = gradcam(model, test_transform(picture).unsqueeze(0), class_index)
         rows.append(np.concatenate([shown, overlay(shown, cam)], axis=1))
-    os.makedirs(osp.dirname(osp.abspath(out_path)), exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(out_path)
-    return out_path
+    grid = Image.fromarray(np.concatenate(rows, axis=0))
+    return atomic_write(out_path, lambda handle: grid.save(handle, format=picture_format))
 
 
 __all__ = ["classifier_checkpoint", "gradcam", "overlay", "save_gradcam_grid"]
