@@ -323,12 +323,16 @@ def test_msmt17_with_combineall_adds_the_val_images_once(tmp_path):
     assert set(paths) == {path for path, _, _ in every_image}
 
 
-def test_msmt17_class_is_restored_when_building_fails(tmp_path):
-    written = write_msmt17_lists(tmp_path)
+def test_msmt17_class_is_restored_when_building_fails(tmp_path, monkeypatch):
+    write_msmt17_lists(tmp_path)
     table = image_dataset_table()
-    with open(Path(written.gallery[0][0]).parents[2] / "list_gallery.txt", "a", encoding="utf-8") as handle:
-        handle.write("a line without a label\n")
-    with pytest.raises(ValueError):
+
+    def fail_while_reading(self, dir_path, list_path):
+        assert isinstance(self, MSMT17TrainVal)  # the swapped-in class is the one building
+        raise RuntimeError("read failed")
+
+    monkeypatch.setattr(reid_data.datasets.image.MSMT17, "process_dir", fail_while_reading)
+    with pytest.raises(RuntimeError, match="read failed"):
         launcher_manager(tmp_path, ["msmt17"], "msmt17.train_with_val", "True")
     assert table["msmt17"] is reid_data.datasets.image.MSMT17
     with pytest.raises(RuntimeError, match="inside"):
@@ -362,3 +366,25 @@ def test_msmt17_folder_trains_on_its_whole_training_folder_like_msmt17_with_val(
     assert len(folder.train_loader.dataset.train) == len(written.train) + len(written.validation)
     assert (folder.num_train_pids, folder.num_train_cams) == (lists.num_train_pids, lists.num_train_cams)
     assert images_per_identity_and_camera(folder) == images_per_identity_and_camera(lists)
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("a line without a label", "is not <image path> <pid>"),
+    ("0001/0001_005_03_0303morning_0042_0.jpg  1", "is not <image path> <pid>"),
+    ("0001/0001_005_03_0303morning_0042_0.jpg one", "has pid 'one', not a number"),
+    ("0001/0001-005-03.jpg 1", "has no camera"),
+    ("0001/0001_005_16_0303morning_0042_0.jpg 1", "has camera 16, outside 1..15"),
+    ("0001/0001_005_00_0303morning_0042_0.jpg 1", "has camera 0, outside 1..15"),
+])
+def test_bad_msmt17_list_line_is_named_with_file_and_line(tmp_path, capsys, line, problem):
+    """torchreid would stop with a bare ValueError / IndexError, or read a wrong camera silently."""
+    written = write_msmt17_lists(tmp_path)
+    list_file = Path(written.gallery[0][0]).parents[2] / "list_gallery.txt"
+    lines = list_file.read_text().splitlines()
+    list_file.write_text("\n".join(lines[:1] + [line] + lines[1:]) + "\n")
+    code = main(["train", "--config-file", demo_config_path("baseline"), "-s", "msmt17", "-t", "msmt17",
+                 "--root", str(tmp_path), "data.save_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("dcac: error:") and "Traceback" not in err
+    assert f"line 2 of {list_file}" in err and problem in err and "restore the list file" in err
+    assert not (tmp_path / "run").exists()

@@ -23,7 +23,7 @@ import os
 import re
 from dataclasses import dataclass
 from textwrap import indent
-from typing import Dict, Iterable, Optional, Pattern, Tuple
+from typing import Dict, Iterable, Optional, Pattern, Tuple, Union
 
 from ..errors import UsageError
 
@@ -144,6 +144,48 @@ class ImageNames:
 
 
 @dataclass(frozen=True)
+class ListLines:
+    """MSMT17's list files as torchreid's reader parses them: one ``<image path> <pid>`` line per
+    image, split on ONE space; the camera is the third ``_``-separated field of the path.
+
+    torchreid fails on a bad line with a bare ValueError or IndexError (no file, no line), and a
+    camera outside 1..``num_cameras`` silently becomes a wrong camera id.
+    """
+
+    files: Tuple[str, ...]
+    example: str
+    num_cameras: int
+
+    def problem(self, line: str) -> Optional[str]:
+        """What is wrong with one list line, or None if torchreid reads it right."""
+        parts = line.rstrip("\n").split(" ")
+        if len(parts) != 2:
+            return "is not <image path> <pid> (one space between them)"
+        path, pid = parts
+        if not pid.strip().lstrip("-").isdigit():
+            return f"has pid {pid!r}, not a number"
+        fields = os.path.basename(path).split("_")
+        if len(fields) < 3 or not fields[2].isdigit():
+            return "has no camera: the third _-separated field of the image name must be its camera number"
+        if not 1 <= int(fields[2]) <= self.num_cameras:
+            return f"has camera {int(fields[2])}, outside 1..{self.num_cameras}"
+        return None
+
+    def check(self, dataset: str, data_dir: str) -> None:
+        """Raise :class:`DatasetFileNameError` for the first bad line of the list files (in torchreid's order)."""
+        for name in self.files:
+            path = os.path.join(data_dir, name)
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                for number, line in enumerate(handle, start=1):
+                    found = self.problem(line)
+                    if found:
+                        raise DatasetFileNameError(
+                            f"Dataset {dataset!r}: line {number} of {path}, {line.strip()!r}, {found}. MSMT17's "
+                            f"list lines read <image path> <pid>, e.g. {self.example!r}, with cameras "
+                            f"1..{self.num_cameras}. Fix: restore the list file from the MSMT17 release.")
+
+
+@dataclass(frozen=True)
 class DatasetLayout:
     """Where one dataset's files must be, relative to the data root.
 
@@ -154,7 +196,8 @@ class DatasetLayout:
     ``required_by_alternative`` adds paths for particular sub-roots, for datasets whose versions
     name their folders differently. ``tree`` is the layout shown to the user. ``generated``
     datasets are created on first use, so there is nothing to check. ``names``, if set, is how
-    the reader parses image names, checked on every image of the chosen sub-root.
+    the reader parses image names (:class:`ImageNames`) or its list files (:class:`ListLines`),
+    checked on every image or line of the chosen sub-root.
     """
 
     folder: str
@@ -163,7 +206,7 @@ class DatasetLayout:
     required: Tuple[str, ...] = ()
     required_by_alternative: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
     generated: bool = False
-    names: Optional[ImageNames] = None
+    names: Optional[Union[ImageNames, ListLines]] = None
 
     def required_under(self, alternative: str) -> Tuple[str, ...]:
         """Every path that must exist under the sub-root ``alternative``."""
@@ -219,6 +262,7 @@ EXPECTED_LAYOUTS: Dict[str, DatasetLayout] = {
         folder="msmt17", alternatives=("MSMT17_V1", "MSMT17_V2"), required=_MSMT17_LISTS,
         required_by_alternative=(("MSMT17_V1", ("train", "test")),
                                  ("MSMT17_V2", ("mask_train_v2", "mask_test_v2"))),
+        names=ListLines(files=_MSMT17_LISTS, example="0000/0000_000_01_0303morning_0015_0.jpg 0", num_cameras=15),
         tree=("msmt17/\n"
               "    MSMT17_V1/                  either this version ...\n"
               "        train/                  training and validation images\n"
@@ -300,6 +344,6 @@ def check_datasets(names: Iterable[str], root: str) -> None:
         check_dataset_layout(name, root)
 
 
-__all__ = ["DatasetFileNameError", "DatasetLayout", "DatasetLayoutError", "EXPECTED_LAYOUTS", "ImageNames",
+__all__ = ["DatasetFileNameError", "DatasetLayout", "DatasetLayoutError", "EXPECTED_LAYOUTS", "ImageNames", "ListLines",
            "MARKET_STYLE_NAME", "TORCHREID_NAME", "check_dataset_layout", "check_datasets", "pid_and_camera",
            "register_layout"]
