@@ -12,15 +12,26 @@ import os.path as osp
 
 from .base import PROG, DcacArgumentParser, HelpFormatter
 from .choices import AMP_CHOICES, DEMO_ENGINES, ENGINE_SUMMARIES
+from .overrides import ListThenOverrides, add_overrides_argument
 from .runs import add_experiments_parser, add_export_parser, add_extract_parser, add_visualize_parser
 
 CONFIG_FILE_HELP = ("YAML config: a path, or the name of a shipped config such as single/dcac_market1501_to_msmt17 "
                     "(`dcac configs` lists them)")
+LIST_HELP = "; KEY VALUE overrides may follow, from the first word that names a config key"
+OPTS_HELP = " (after the options, or after a list flag's words; a -- before them is allowed)"
 TRAIN_DESCRIPTION = """\
 Train and/or evaluate a Re-ID model from a torchreid-style YAML config, with upstream
 torchreid's scripts/main.py flags (--config-file, -s, -t, --transforms, --root) and
 KEY VALUE overrides of any config key after them. Logs, checkpoints, the exported encoder
 and results.json go to data.save_dir."""
+STATS_DESCRIPTION = """\
+Print, as JSON, for the real-size architectures a config describes (CLIP ViT-B/16, SD v1.5
+U-Net with its adapters, VAE), built on the meta device without weights or a GPU:
+parameters (total, trainable) per component; forward TFLOPs of the baseline step, the dcac
+step with the VAE encoding every step and with the latent cache, and of inference (counted
+by torch.utils.flop_counter); and the planned peak GPU memory of one training step of each
+engine and of inference at --batch-size, --amp, with or without --gradient-checkpointing
+and the latent cache (live tensor bytes, as torch.cuda.max_memory_allocated counts them)."""
 TRAIN_EXAMPLES = """\
 examples:
   dcac train --config-file single/dcac_market1501_to_msmt17 --root /data/reid data.save_dir log/m2ms
@@ -31,12 +42,14 @@ examples:
 def add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of upstream torchreid's scripts/main.py."""
     parser.add_argument("--config-file", type=str, default="", help=CONFIG_FILE_HELP)
-    parser.add_argument("-s", "--sources", type=str, nargs="+", help="source datasets (delimited by space)")
-    parser.add_argument("-t", "--targets", type=str, nargs="+", help="target datasets (delimited by space)")
-    parser.add_argument("--transforms", type=str, nargs="+", help="data augmentation")
+    parser.add_argument("-s", "--sources", action=ListThenOverrides, metavar="DATASET",
+                        help="source datasets (delimited by space)" + LIST_HELP)
+    parser.add_argument("-t", "--targets", action=ListThenOverrides, metavar="DATASET",
+                        help="target datasets (delimited by space)" + LIST_HELP)
+    parser.add_argument("--transforms", action=ListThenOverrides, metavar="TRANSFORM",
+                        help="data augmentation" + LIST_HELP)
     parser.add_argument("--root", type=str, default="", help="path to data root")
-    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
-                        help="modify config options with KEY VALUE pairs, e.g. train.max_epoch 10")
+    add_overrides_argument(parser, "modify config options with KEY VALUE pairs, e.g. train.max_epoch 10" + OPTS_HELP)
 
 
 def _engines_epilog() -> str:
@@ -57,11 +70,25 @@ def _add_train_parsers(sub: "argparse._SubParsersAction") -> None:
     add_launcher_arguments(config)
     config.set_defaults(handler="dcac_plugin.cli:cmd_config")
 
-    stats = sub.add_parser("stats", help="parameter counts per component (real-size architectures, no downloads)",
-                           formatter_class=HelpFormatter)
+    stats = sub.add_parser("stats", help="parameter counts, forward FLOPs and planned GPU memory (real-size "
+                                         "architectures, no weights, no GPU)",
+                           description=STATS_DESCRIPTION, formatter_class=HelpFormatter)
     add_launcher_arguments(stats)
     stats.add_argument("--num-classes", type=int, default=None,
                        help="training identities (default: the standard datasets' counts for data.sources)")
+    stats.add_argument("--batch-size", type=int, default=64,
+                       help="images per step for the FLOPs and the memory plan (the paper's Table 6: 64)")
+    stats.add_argument("--amp", default="fp16", choices=["fp16", "bf16", "off"],
+                       help="precision of the planned step: autocast fp16 (the paper's), bf16, or off (fp32)")
+    stats.add_argument("--gradient-checkpointing", action="store_true",
+                       help="plan the step with gradient checkpointing on the ViT and U-Net blocks")
+    stats.add_argument("--no-latent-cache", action="store_true",
+                       help="plan the dcac step with the VAE encoding every step (the paper's setting) instead of "
+                            "looking up cached posteriors (dcac train's default)")
+    stats.add_argument("--gpu-memory-gb", type=float, default=24.0,
+                       help="GPU memory the planned peaks are compared with (fits_gpu)")
+    stats.add_argument("--parameters-only", action="store_true",
+                       help="only the parameter counts: skip the FLOP count and the memory plan (about 15 s)")
     stats.set_defaults(handler="dcac_plugin.cli:cmd_stats")
 
     configs = sub.add_parser("configs", help="list the shipped configs and run lists by name",
@@ -75,8 +102,9 @@ def _add_train_parsers(sub: "argparse._SubParsersAction") -> None:
 def _add_bench_parser(sub: "argparse._SubParsersAction") -> None:
     bench = sub.add_parser("bench", help="benchmarks that print JSON figures", formatter_class=HelpFormatter)
     bench_sub = bench.add_subparsers(dest="what", required=True)
-    bench_train = bench_sub.add_parser("train", help="median step time and peak memory, baseline vs dcac "
-                                                     "(real-size architectures, random init)",
+    bench_train = bench_sub.add_parser("train", help="median step time, peak memory and TFLOP/s (FLOPs counted on "
+                                                     "the meta device), baseline vs dcac (real-size architectures, "
+                                                     "random init)",
                                        formatter_class=HelpFormatter)
     bench_train.add_argument("--batch-size", type=int, default=8)
     bench_train.add_argument("--steps", type=int, default=5, help="measured steps (after warm-up)")
@@ -89,8 +117,11 @@ def _add_bench_parser(sub: "argparse._SubParsersAction") -> None:
     bench_train.add_argument("--gradient-checkpointing", action="store_true")
     bench_eval = bench_sub.add_parser("eval", help="ranking metrics: Market-1501 size vs torchreid, MSMT17 size "
                                                    "end to end from features", formatter_class=HelpFormatter)
-    bench_eval.add_argument("--skip-market", action="store_true", help="skip the torchreid comparison (about 90 s with the PyPI build)")
+    bench_eval.add_argument("--skip-market", action="store_true", help="skip the torchreid comparison (its python path takes about 90 s; its Cython path, where built, a few s)")
     bench_eval.add_argument("--skip-msmt", action="store_true")
+    bench_eval.add_argument("--device", default="cpu",
+                            help="cpu or cuda: where our ranking runs (the Market-size distance matrix, the MSMT-size "
+                                 "features); torchreid's reference always runs on the CPU")
     bench.set_defaults(handler="dcac_plugin.cli:cmd_bench")
 
 
@@ -99,8 +130,9 @@ def _add_demo_parser(sub: "argparse._SubParsersAction") -> None:
                                        "with tiny random-init models on CPU", formatter_class=HelpFormatter)
     demo.add_argument("--root", default="reid-data", help="data root; the synthetic datasets are written here once")
     demo.add_argument("--save-dir", default=osp.join("log", "demo"), help="logs, checkpoints and results")
-    demo.add_argument("--engines", nargs="+", default=list(DEMO_ENGINES), choices=list(DEMO_ENGINES))
-    demo.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides applied to every demo run")
+    demo.add_argument("--engines", action=ListThenOverrides, names=DEMO_ENGINES, default=list(DEMO_ENGINES),
+                      metavar="ENGINE", help=f"engines to run, in this order, of {', '.join(DEMO_ENGINES)}" + LIST_HELP)
+    add_overrides_argument(demo, "KEY VALUE overrides applied to every demo run" + OPTS_HELP)
     demo.set_defaults(handler="dcac_plugin.cli:cmd_demo")
 
 

@@ -5,15 +5,10 @@
 MSMT17 and CUHK03-NP (``msmt17_folder``, ``cuhk03_np``), and fills our
 engine and loss registries (torchreid has none). Importing again changes nothing.
 """
-import warnings
+from .toolbox_check import import_toolbox
 
-with warnings.catch_warnings():
-    # torchreid warns on import, whatever runs, when its Cython ranking is not built (never, from
-    # PyPI). Our engines rank with dcac_plugin.evaluation; where torchreid's ranking does run
-    # (test.rerank, test.visrank) the engine says so (evaluation.torchreid_ranking_note).
-    # Every import of this package runs this first, so torchreid is first imported here.
-    warnings.filterwarnings("ignore", message="Cython evaluation", category=UserWarning)
-    import torchreid  # noqa: F401
+# Every import of this package runs this first, so torchreid is first imported (and checked) here.
+import_toolbox()
 
 from . import engines, losses  # noqa: F401,E402  (fill the ENGINES / LOSSES registries)
 from .registration import register_all  # noqa: E402

@@ -60,11 +60,22 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     import json
 
-    from .stats import parameter_stats
+    from .stats import flops_and_memory_stats, parameter_stats
 
+    if args.batch_size < 2:
+        # The BNNeck's batch norm needs two samples per batch in training.
+        raise UsageError(f"--batch-size must be at least 2, got {args.batch_size}.")
+    if not args.gpu_memory_gb > 0:
+        raise UsageError(f"--gpu-memory-gb must be positive, got {args.gpu_memory_gb:g}.")
     # Always the DCAC model: a config for another engine still describes its data and options.
     args.opts = ["engine", "dcac"] + list(args.opts or [])
-    print(json.dumps(parameter_stats(config_from_args(args), args.num_classes), indent=2))
+    cfg = config_from_args(args)
+    stats = parameter_stats(cfg, args.num_classes)
+    if not args.parameters_only:
+        stats.update(flops_and_memory_stats(cfg, args.num_classes, batch_size=args.batch_size, amp=args.amp,
+                                            gradient_checkpointing=args.gradient_checkpointing,
+                                            latent_cache=not args.no_latent_cache, gpu_memory_gb=args.gpu_memory_gb))
+    print(json.dumps(stats, indent=2))
     return 0
 
 
@@ -80,7 +91,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         from .benchmarks.eval_bench import run_eval_benchmark
 
-        figures = run_eval_benchmark(include_market=not args.skip_market, include_msmt=not args.skip_msmt)
+        figures = run_eval_benchmark(include_market=not args.skip_market, include_msmt=not args.skip_msmt,
+                                     device=args.device)
     print(json.dumps(figures, indent=2))
     return 0
 

@@ -42,10 +42,20 @@ from .run_lock import run_lock
 from .save_dir import check_save_dir, remove_outputs
 
 
-def _unknown(kind: str, name: str, valid) -> ConfigError:
+def _unknown(kind: str, name: str, valid, note: str = "") -> ConfigError:
     hint = nearest_name(name, valid)
     return ConfigError(f"Unknown {kind} {name!r}." + (f" Did you mean {hint!r}?" if hint else "")
-                       + f" Valid: {', '.join(sorted(valid))}")
+                       + f" Valid: {', '.join(sorted(valid))}" + note)
+
+
+def _dataset_note(name: str) -> str:
+    """For a dotted dataset name, most likely a KEY VALUE override that ``-s``/``-t`` took in
+    (their list ends only at a word naming a config key, see dcac_cli.overrides): how to write it."""
+    if "." not in name:
+        return ""
+    return (f". If {name!r} is meant as a KEY VALUE override: the list after -s/-t ends at the first word that names "
+            f"a config key, and {name.partition('.')[0]!r} is no config section; check the key, or put -- before the "
+            "overrides.")
 
 
 def check_epochs(cfg: CN) -> None:
@@ -73,7 +83,7 @@ def check_config(cfg: CN) -> None:
     for key in ("sources", "targets"):
         for name in cfg.data[key]:
             if name not in datasets:
-                raise _unknown(f"dataset in data.{key}", name, datasets)
+                raise _unknown(f"dataset in data.{key}", name, datasets, _dataset_note(name))
     if cfg.train.amp not in AMP_CHOICES:
         raise _unknown("mixed-precision mode (train.amp)", cfg.train.amp, AMP_CHOICES)
     if cfg.dcac.resize_interpolation not in INTERPOLATIONS:

@@ -1,5 +1,6 @@
-"""``dcac stats``: parameter counts per component, for real-size architectures, without
-weights or datasets (everything is built on the meta device)."""
+"""``dcac stats``: parameter counts per component, forward FLOPs and the planned peak GPU
+memory of a training step, for real-size architectures, without weights, datasets or a GPU
+(everything is built on the meta device)."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -49,3 +50,52 @@ def parameter_stats(cfg: CN, num_classes: Optional[int] = None) -> Dict[str, obj
             "lora_rank": cfg.dcac.lora.rank if cfg.dcac.finetune == "lora" else None,
             "condition": cfg.dcac.condition.mode, **parts,
             "trainable_total": trainable, "trainable_total_millions": round(trainable / 1e6, 2)}
+
+
+def _planning_config(cfg: CN, engine: str, amp: str, gradient_checkpointing: bool, latent_cache: bool) -> CN:
+    """``cfg`` for a symbolic step of ``engine``: no weights, the given precision and options."""
+    variant = cfg.clone()
+    variant.defrost()
+    variant.engine = engine
+    variant.model.pretrained = False  # planning needs no weights
+    variant.train.amp = amp
+    variant.train.gradient_checkpointing = gradient_checkpointing
+    variant.dcac.diffusion.latent_cache = latent_cache
+    return variant
+
+
+def flops_and_memory_stats(cfg: CN, num_classes: Optional[int] = None, batch_size: int = 64, amp: str = "fp16",
+                           gradient_checkpointing: bool = False, latent_cache: bool = True,
+                           gpu_memory_gb: float = 24.0) -> Dict[str, object]:
+    """Forward TFLOPs of the training steps and of inference (paper Table 6's measure), and
+    the planned peak GPU memory of one training step of the baseline and of dcac, and of
+    inference, at ``batch_size`` with the given precision and options; all on the meta
+    device (real-size architectures, no weights, no GPU).
+
+    The FLOPs cover the dcac step with the VAE encoding every step (the paper's setting) and
+    with the latent cache; the memory plan the dcac step as ``latent_cache`` says.
+    """
+    from .benchmarks.flops import STEP_VARIANTS, forward_flops
+    from .benchmarks.memory_plan import GIB, plan_inference_memory, plan_training_memory
+    from .benchmarks.step import build_training_step
+
+    n = training_identities(cfg.data.sources, num_classes)
+    # One symbolic step per variant serves both: counting the forward changes nothing.
+    steps = {key: build_training_step(_planning_config(cfg, engine, amp, gradient_checkpointing,
+                                                       latent_cache if cache is None else cache),
+                                      n, batch_size, device="meta")
+             for key, (engine, cache) in STEP_VARIANTS.items()}
+    flops = forward_flops(cfg, n, batch_size, steps)
+    planned = {"baseline": plan_training_memory(steps["baseline"]),
+               "dcac": plan_training_memory(steps["dcac_cache" if latent_cache else "dcac_vae"])}
+    memory: Dict[str, object] = {
+        "batch_size": batch_size, "amp": amp, "gradient_checkpointing": gradient_checkpointing,
+        "latent_cache": latent_cache,
+        "unit": "GiB of live tensors at the step's peak, as torch.cuda.max_memory_allocated counts them (the "
+                "CUDA context, library workspaces and the allocator's cached free blocks come on top)",
+    }
+    for name, plan in planned.items():
+        memory[name] = {**plan.as_gib(), "fits_gpu": plan.peak_bytes / GIB <= gpu_memory_gb}
+    memory["inference"] = plan_inference_memory(steps["baseline"]).as_gib()
+    memory["gpu_memory_gb"] = gpu_memory_gb
+    return {"flops": flops, "memory": memory}

@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 
 import dcac_cli
-from dcac_cli.choices import AMP_CHOICES, DEMO_ENGINES, ENGINE_SUMMARIES, RUN_LISTS
+from dcac_cli.choices import AMP_CHOICES, CONFIG_KEYS, CONFIG_SECTIONS, DEMO_ENGINES, ENGINE_SUMMARIES, RUN_LISTS
 from dcac_cli.dispatch import command_handler
 from dcac_plugin import performance
 from dcac_plugin.cli import demo_config_path
+from dcac_plugin.config import get_default_config
 from dcac_plugin.registry import ENGINES
 from dcac_plugin.shipped import shipped_configs, shipped_run_lists
 
@@ -90,6 +91,9 @@ def test_parser_choices_are_the_implementations():
     assert {f"demo_{engine}" for engine in DEMO_ENGINES} == {n for n in shipped_configs() if n.startswith("demo_")}
     assert all(os.path.isfile(demo_config_path(engine)) for engine in DEMO_ENGINES)
     assert set(RUN_LISTS) == set(shipped_run_lists())
+    defaults = get_default_config()
+    assert set(CONFIG_SECTIONS) == {key for key, value in defaults.items() if isinstance(value, dict)}
+    assert set(CONFIG_KEYS) == {key for key, value in defaults.items() if not isinstance(value, dict)}
 
 
 def test_train_help_describes_engines_and_examples(capsys):
@@ -102,6 +106,61 @@ def test_train_help_describes_engines_and_examples(capsys):
     for engine, what in ENGINE_SUMMARIES.items():
         assert any(line.split()[:1] == [engine] and what in line for line in lines), engine
     assert out.count("  dcac train --config-file single/") == 2
+
+
+# ----------------------------------------------- KEY VALUE overrides after list flags
+
+ALL = list(DEMO_ENGINES)
+OVERRIDES = ["train.max_epoch", "2"]
+# argv -> (list flag values, opts) as parsed: dcac demo's engines, dcac train's (sources, targets, transforms).
+DEMO_FORMS = {
+    "after --engines": (["--engines", "baseline", "dcac", "train.max_epoch", "2"], ["baseline", "dcac"], OVERRIDES),
+    "after --engines and --": (["--engines", "baseline", "dcac", "--", "train.max_epoch", "2"], ["baseline", "dcac"],
+                               OVERRIDES),
+    "alone": (["train.max_epoch", "2"], ALL, OVERRIDES),
+    "after --": (["--", "train.max_epoch", "2"], ALL, OVERRIDES),
+    "after other flags": (["--engines", "dcac", "--root", "r", "train.max_epoch", "2"], ["dcac"], OVERRIDES),
+    "split by flags": (["--engines", "softmax", "train.max_epoch", "2", "--root", "r", "train.lr", "-0.1"],
+                       ["softmax"], OVERRIDES + ["train.lr", "-0.1"]),
+    "a dcac.* key after dcac": (["--engines", "dcac", "dcac.lambda_dif", "0.5"], ["dcac"], ["dcac.lambda_dif", "0.5"]),
+    "none": (["--engines", "baseline"], ["baseline"], []),
+}
+LAUNCHER_FORMS = {
+    "after -t": (["-s", "a", "-t", "b", "c", "train.max_epoch", "2"], (["a"], ["b", "c"], None), OVERRIDES),
+    "after -t and --": (["-s", "a", "-t", "b", "--", "train.max_epoch", "2"], (["a"], ["b"], None), OVERRIDES),
+    "between -s and -t, and trailing": (["-s", "a", "train.max_epoch", "2", "-t", "b", "data.root", "x"],
+                                        (["a"], ["b"], None), OVERRIDES + ["data.root", "x"]),
+    "top-level keys after --transforms": (["--transforms", "random_flip", "engine", "dcac", "use_gpu", "False"],
+                                          (None, None, ["random_flip"]), ["engine", "dcac", "use_gpu", "False"]),
+    "a misspelt key of a known section": (["-t", "b", "train.max_epohc", "2"], (None, ["b"], None),
+                                          ["train.max_epohc", "2"]),
+    "upstream's form": (["-s", "a", "-t", "b", "--root", "r", "train.max_epoch", "2"], (["a"], ["b"], None), OVERRIDES),
+}
+
+
+@pytest.mark.parametrize("form", sorted(DEMO_FORMS))
+def test_demo_reads_overrides_in_every_form(form):
+    argv, engines, opts = DEMO_FORMS[form]
+    args = dcac_cli.build_parser().parse_args(["demo"] + argv)
+    assert (args.engines, args.opts) == (engines, opts)
+
+
+@pytest.mark.parametrize("command", ["train", "config", "stats"])
+@pytest.mark.parametrize("form", sorted(LAUNCHER_FORMS))
+def test_launcher_lists_end_where_the_overrides_begin(command, form):
+    argv, lists, opts = LAUNCHER_FORMS[form]
+    args = dcac_cli.build_parser().parse_args([command] + argv)
+    assert ((args.sources, args.targets, args.transforms), args.opts) == (lists, opts)
+
+
+@pytest.mark.parametrize("separator", [[], ["--"]])
+def test_overrides_after_the_targets_reach_the_config(capsys, separator):
+    code = dcac_cli.main(["config", "-s", "synthetic_a", "-t", "synthetic_b"] + separator
+                         + ["train.max_epoch", "3", "test.rerank", "True"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "  max_epoch: 3\n" in out and "  rerank: true\n" in out
+    assert "  targets:\n  - synthetic_b\n" in out
 
 
 # ----------------------------------------------------------------- user errors
@@ -122,7 +181,17 @@ BAD_INPUT = {
     "config: unknown key": (["config", "train.lrr", "0.1"], "Did you mean 'train.lr'"),
     "stats: missing config": (["stats", "--config-file", "nowhere"], "Config file not found"),
     "configs: nothing matches": (["configs", "no-such-thing"], "No shipped config or run list"),
-    "demo: unknown engine": (["demo", "--engines", "nope"], "invalid choice: 'nope'"),
+    "demo: unknown engine": (["demo", "--engines", "nope"], "invalid choice: 'nope' (choose from softmax, baseline, dcac"),
+    "demo: misspelt engine before overrides": (["demo", "--engines", "baseline", "dcca", "train.max_epoch", "2"],
+                                               "invalid choice: 'dcca'"),
+    "demo: no engine before overrides": (["demo", "--engines", "train.max_epoch", "2"],
+                                         "expected at least one ENGINE before the KEY VALUE overrides"),
+    "demo: option after overrides": (["demo", "train.max_epoch", "2", "--engines", "baseline"],
+                                     "option --engines after the KEY VALUE overrides: options go before them"),
+    "train: no dataset before overrides": (["train", "-s", "train.max_epoch", "2"],
+                                           "argument -s/--sources: expected at least one DATASET before"),
+    "train: override taken as a dataset": (["train", "--config-file", "demo_baseline", "-t", "synthetic_b",
+                                            "trian.max_epoch", "1"], "put -- before the overrides"),
     "demo: unknown key": (["demo", "--save-dir", "{tmp}", "train.lrr", "0.1"], "Did you mean 'train.lr'"),
     "bench: unknown amp": (["bench", "train", "--amp", "nope"], "invalid choice: 'nope'"),
     "bench: unknown device": (["bench", "train", "--device", "nonsense"], "Unknown device 'nonsense'"),

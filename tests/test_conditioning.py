@@ -279,7 +279,7 @@ def test_other_modes_send_the_diffusion_gradient_into_the_vit(tiny_denoiser, mod
     ("correlation", "bn", 751 * 768 + 2 * 768),
 ])
 def test_stats_count_the_condition_of_each_variant(mode, transform, expected, capsys):
-    assert main(["stats", "--num-classes", "751", "dcac.condition.mode", mode,
+    assert main(["stats", "--parameters-only", "--num-classes", "751", "dcac.condition.mode", mode,
                  "dcac.condition.transform", transform]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["id_prompts"]["trainable"] == expected and stats["condition"] == mode

@@ -114,7 +114,7 @@ TABLE6_TRAINABLE_M = {"frozen": 86.51, "lora": 89.01, "partial1": 599.37, "parti
 
 @pytest.mark.parametrize("mode", sorted(TABLE6_TRAINABLE_M))
 def test_stats_reproduce_table6_trainable_parameters(mode, capsys):
-    assert main(["stats", "--num-classes", "751", "dcac.finetune", mode, "dcac.lora.rank", "8"]) == 0
+    assert main(["stats", "--parameters-only", "--num-classes", "751", "dcac.finetune", mode, "dcac.lora.rank", "8"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["trainable_total_millions"] == TABLE6_TRAINABLE_M[mode]
     assert stats["reid_model"]["trainable"] == 85_935_616
@@ -123,7 +123,7 @@ def test_stats_reproduce_table6_trainable_parameters(mode, capsys):
 
 
 def test_stats_default_identity_counts_and_rank(capsys):
-    assert main(["stats", "-s", "market1501", "dukemtmcreid", "msmt17", "--root", "unused", "dcac.lora.rank", "32"]) == 0
+    assert main(["stats", "--parameters-only", "-s", "market1501", "dukemtmcreid", "msmt17", "--root", "unused", "dcac.lora.rank", "32"]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["num_classes"] == 751 + 702 + 1041
     assert stats["unet"]["trainable"] == 311_616 * 32

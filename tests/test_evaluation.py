@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -31,17 +33,32 @@ def _assert_same_result(ours: RankResult, expected: RankResult):
     assert ours.num_valid_queries == expected.num_valid_queries
 
 
+# torchreid's reference paths: its exact Python evaluation always, and its compiled Cython one
+# where the installed torchreid has it (upstream deep-person-reid built from source; PyPI's 0.2.5
+# has none). The Cython path casts distances to float32 and sums CMC and AP in float32.
+TORCHREID_PATHS = ["python"] + (["cython"] if evaluation.torchreid_has_cython() else [])
+
+
+def _reference_tolerance(path: str, num_query: int) -> float:
+    """1e-6 for the Python path (float64 sums; our CMC is float32). For the Cython path, float32
+    accumulation over the queries: each of up to ``num_query`` additions rounds by at most one
+    float32 epsilon relative to a sum of at most ``num_query``, i.e. ``num_query * eps`` after the mean."""
+    return 1e-6 if path == "python" else max(1e-6, num_query * float(np.finfo(np.float32).eps))
+
+
+@pytest.mark.parametrize("path", TORCHREID_PATHS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("num_query,num_gallery,num_ids", [(20, 100, 12), (150, 600, 60), (400, 2000, 150)])
-def test_equals_torchreid_on_tie_free_inputs(num_query, num_gallery, num_ids, dtype):
+def test_equals_torchreid_on_tie_free_inputs(num_query, num_gallery, num_ids, dtype, path):
     rng = np.random.default_rng(num_gallery)
     labels = _labels(rng, num_query, num_gallery, num_ids, num_cams=4)
-    distmat = _tie_free(rng, num_query, num_gallery, dtype)
-    ref_cmc, ref_mAP = metrics.evaluate_rank(distmat, *labels, max_rank=50)
+    distmat = _tie_free(rng, num_query, num_gallery, dtype)  # integers: exact in float32 too
+    ref_cmc, ref_mAP = metrics.evaluate_rank(distmat, *labels, max_rank=50, use_cython=path == "cython")
     cmc, mAP = evaluate_rank(distmat, *labels, max_rank=50)
     assert cmc.dtype == np.float32 and cmc.shape == (50,)
-    np.testing.assert_allclose(cmc, ref_cmc, rtol=0, atol=1e-6)
-    assert mAP == pytest.approx(ref_mAP, abs=1e-6)
+    tolerance = _reference_tolerance(path, num_query)
+    np.testing.assert_allclose(cmc, ref_cmc, rtol=0, atol=tolerance)
+    assert mAP == pytest.approx(ref_mAP, abs=tolerance)
     assert evaluate_rank_full(distmat, *labels).num_valid_queries < num_query  # invalid ones skipped
 
 
@@ -50,7 +67,8 @@ def test_float64_distances_closer_than_float32_resolution_keep_their_order():
     rng = np.random.default_rng(3)
     labels = _labels(rng, 40, 300, 20, num_cams=3)
     distmat = 1.0 + _tie_free(rng, 40, 300, np.float64) * 1e-13
-    ref_cmc, ref_mAP = metrics.evaluate_rank(distmat, *labels, max_rank=20)
+    # torchreid's Python path keeps float64; its Cython path would round these into ties.
+    ref_cmc, ref_mAP = metrics.evaluate_rank(distmat, *labels, max_rank=20, use_cython=False)
     cmc, mAP = evaluate_rank(distmat, *labels, max_rank=20)
     np.testing.assert_allclose(cmc, ref_cmc, rtol=0, atol=1e-6)
     assert mAP == pytest.approx(ref_mAP, abs=1e-6)
@@ -61,7 +79,9 @@ def test_cuhk03_mode_reproduces_torchreid_draws():
     labels = _labels(rng, 120, 500, 40, num_cams=2)
     distmat = _tie_free(rng, 120, 500, np.float32)
     np.random.seed(11)
-    ref_cmc, ref_mAP = metrics.evaluate_rank(distmat, *labels, max_rank=20, use_metric_cuhk03=True)
+    # torchreid's Python path, compared exactly (draws and result); its Cython path makes the same
+    # draws but sums the sampled CMC in float32, one ulp off.
+    ref_cmc, ref_mAP = metrics.evaluate_rank(distmat, *labels, max_rank=20, use_metric_cuhk03=True, use_cython=False)
     ref_next = np.random.rand()
     np.random.seed(11)
     cmc, mAP = evaluate_rank(distmat, *labels, max_rank=20, use_metric_cuhk03=True)
@@ -149,7 +169,7 @@ def test_features_equal_rank_on_torchreid_distances(metric, chunk_size):
     expected = evaluate_rank_full(distmat, *labels, max_rank=30)
     result = evaluate_features(query, gallery, *labels, max_rank=30, metric=metric, chunk_size=chunk_size)
     _assert_same_result(result, expected)
-    ref_cmc, ref_mAP = metrics.evaluate_rank(distmat, *labels, max_rank=30)
+    ref_cmc, ref_mAP = metrics.evaluate_rank(distmat, *labels, max_rank=30, use_cython=False)
     np.testing.assert_allclose(result.cmc, ref_cmc, rtol=0, atol=1e-6)
     assert result.mAP == pytest.approx(ref_mAP, abs=1e-6)
 
@@ -167,6 +187,26 @@ def test_float32_features_with_exact_distances_and_ties(monkeypatch):
     monkeypatch.setattr(evaluation, "_BLOCK_ELEMENTS", 3 * 300)
     for chunk_size in (7, 50):
         _assert_same_result(evaluate_features(query, gallery, *labels, max_rank=20, chunk_size=chunk_size), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matrix_blocks_key_chunks_and_threads_do_not_change_results(monkeypatch, dtype):
+    # Integer features: many tied distances, so the keys' gallery-index order is exercised too.
+    rng = np.random.default_rng(5)
+    labels = _labels(rng, 50, 300, 25, num_cams=3)
+    query = torch.from_numpy(rng.integers(-2, 3, (50, 6))).double()
+    gallery = torch.from_numpy(rng.integers(-2, 3, (300, 6))).double()
+    distmat = metrics.compute_distance_matrix(query, gallery, "euclidean").numpy().astype(dtype)
+    expected = evaluate_rank_full(distmat, *labels, max_rank=20)  # one block, chunks of 7 rows on 2 threads
+    threads = torch.get_num_threads()
+    try:
+        for budget, chunk_rows, num_threads in [(3 * 300, 1, 2), (17 * 300, 5, 2), (17 * 300, 64, 1), (1 << 25, 3, 1)]:
+            monkeypatch.setattr(evaluation, "_CPU_MATRIX_BLOCK_ELEMENTS", budget)
+            monkeypatch.setattr(evaluation, "_KEY_CHUNK_ROWS", chunk_rows)
+            torch.set_num_threads(num_threads)
+            _assert_same_result(evaluate_rank_full(distmat, *labels, max_rank=20), expected)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_features_cuhk03_mode_equals_distance_matrix_mode():
@@ -208,4 +248,37 @@ def test_benchmark_market_part_runs_and_reports():
     market = figures["market"]
     assert market["shape"] == [3368, 15913] and market["num_valid_queries"] == 3368
     assert 0 < market["mAP"] < market["rank1"] <= 1
-    assert figures["targets_met"] == {"market_speedup": None, "msmt_seconds": None, "msmt_peak_rss": None}
+    assert figures["targets_met"] == {"market_speedup_vs_python": None, "market_speedup_vs_cython": None,
+                                      "msmt_seconds": None, "msmt_peak_rss": None}
+
+
+def test_benchmark_measures_torchreids_python_path_and_its_cython_path_where_built():
+    import torchreid
+
+    from dcac_plugin.benchmarks.eval_bench import SplitShape, market_benchmark
+
+    small = SplitShape(num_query=60, num_gallery=400, num_ids=30, num_cams=3, num_distractors=40)
+    figures = market_benchmark(torchreid_reference=True, shape=small)
+    assert figures["torchreid"] == {"version": torchreid.__version__, "cython": evaluation.torchreid_has_cython(),
+                                    "path": os.path.dirname(os.path.abspath(torchreid.__file__))}
+    assert figures["max_abs_diff_cmc_python"] == 0 and figures["abs_diff_mAP_python"] < 1e-12
+    assert figures["speedup_vs_python"] == figures["torchreid_python_seconds"] / figures["ours_seconds"]
+    # The Cython path is measured exactly when the installed torchreid has it.
+    assert ("torchreid_cython_seconds" in figures) == evaluation.torchreid_has_cython()
+
+
+def test_fast_paths_are_timed_as_the_best_of_several_calls_after_a_warm_up(monkeypatch):
+    from dcac_plugin.benchmarks import eval_bench
+
+    clock = [0.0]
+    durations = iter([5.0, 3.0, 1.0, 2.0])  # the warm-up call is the slowest, then three timed calls
+
+    def call():
+        clock[0] += next(durations)
+        return clock[0]
+
+    monkeypatch.setattr(eval_bench.time, "perf_counter", lambda: clock[0])
+    seconds, result = eval_bench._best_of(call, 3)
+    assert (seconds, result) == (1.0, 11.0)
+    with pytest.raises(StopIteration):  # exactly one warm-up and three timed calls were made
+        call()

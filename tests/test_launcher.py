@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from dcac_plugin.cli import demo_config_path, main
 
@@ -76,9 +77,13 @@ def test_scripts_main_is_a_torchreid_style_launcher(data_root, tmp_path):
 
 
 def test_demo_prints_and_writes_the_results_table(data_root, tmp_path, capsys):
-    code = main(["demo", "--engines", "baseline", "softmax", "--root", data_root, "--save-dir", str(tmp_path),
-                 "train.max_epoch", "1", "train.print_freq", "100"])
+    # The overrides straight after the engine names (the flags after them end the list).
+    code = main(["demo", "--engines", "baseline", "softmax", "train.max_epoch", "1", "train.print_freq", "100",
+                 "--root", data_root, "--save-dir", str(tmp_path)])
     assert code == 0
+    for engine in ("baseline", "softmax"):  # one epoch each (the demo configs train 12)
+        assert yaml.safe_load((tmp_path / engine / "config.yaml").read_text())["train"]["max_epoch"] == 1
+        assert [n for n in os.listdir(tmp_path / engine / "model") if n.startswith("model.pth.tar-")] == ["model.pth.tar-1"]
     table = (tmp_path / "demo_results.md").read_text().splitlines()
     assert table[0] == "| engine | model | source -> target | mAP | Rank-1 |"
     rows = [line.split("|")[1:-1] for line in table[2:]]

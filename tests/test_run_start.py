@@ -8,7 +8,6 @@ import os
 
 import pytest
 
-import torchreid
 from torchreid import data as reid_data
 
 from dcac_plugin.checkpoint import CheckpointError
@@ -84,7 +83,7 @@ def test_printed_transforms_are_the_ones_the_loaders_hold(engine, data_root, cap
     if diffusion:
         assert diffusion[0].startswith("Resize(size=(128, 128), interpolation=bicubic")
     assert out.count("Train transforms (applied)") == 1  # printed once
-    assert reid_data.datamanager.build_transforms is torchreid.reid.data.transforms.build_transforms  # put back
+    assert reid_data.datamanager.build_transforms is reid_data.transforms.build_transforms  # put back
 
 
 def test_diffusion_view_in_every_batch_is_printed_beside_the_reid_view(data_root, capsys):

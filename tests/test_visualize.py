@@ -191,5 +191,6 @@ def _reranked_by_hand(run):
     (qf, q_pids, q_cams), (gf, g_pids, g_cams) = split["query"], split["gallery"]
     distance = torchreid.metrics.compute_distance_matrix
     distmat = utils.re_ranking(distance(qf, gf).numpy(), distance(qf, qf).numpy(), distance(gf, gf).numpy())
+    # torchreid's default path, as its engine calls it for test.rerank (Cython where it is built).
     _, mAP = torchreid.metrics.evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams)
     return float(mAP)

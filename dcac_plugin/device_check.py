@@ -1,0 +1,478 @@
+"""The Python side of ``scripts/device_check.sh``: environment, command checks and the JSON summary.
+
+The script runs every GPU measurement the project owes, each step with its own timeout, and
+records each step in a folder of its own (``<work>/steps/NN_name/``): ``argv`` (the command,
+NUL-separated, exactly as run), ``meta`` (``key=value`` lines: name, kind, timeout, status,
+exit status, seconds, ...), ``stdout`` and ``stderr``. This module, run by path
+(``python dcac_plugin/device_check.py ...``, so that neither an install nor ``import
+dcac_plugin`` is needed for the environment and the summary), has three commands:
+
+``env --out FILE``
+    Writes the environment (Python, torch, CUDA, GPUs, nvidia-smi) as JSON and prints one
+    line describing it; exit status 0 where torch sees a CUDA GPU, 3 where it does not.
+``validate STEPS_DIR``
+    Checks that every GPU step's command would be accepted, without running it: ``dcac``
+    commands by dcac's parser (and, for ``train``, the merged and checked config, as ``dcac
+    config`` builds it), ``torchrun`` by torchrun's own parser and then its ``-m dcac_plugin.cli``
+    part as above, ``pytest`` by collecting the tests (``--collect-only``). Prints JSON; exit
+    status 0 when every command is valid.
+``summary --work DIR ...``
+    Prints the summary: per step its status (ok, failed, timeout, skipped, dry-run), seconds,
+    command and log, and the figures read from its output (the benchmarks' JSON, a training
+    run's ``results.json``, pytest's counts).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__":  # run by path: this folder must not shadow top-level modules; the checkout's root instead
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import subprocess  # noqa: E402
+from typing import Any, Dict, List, Optional, Sequence  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NO_GPU_EXIT = 3
+# Lines of a step's output kept as its error when it failed.
+ERROR_CHARS = 400
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def environment() -> Dict[str, Any]:
+    """Python, torch, CUDA and the GPUs as torch sees them, and nvidia-smi's view where it exists."""
+    import platform
+
+    env: Dict[str, Any] = {"python": sys.executable, "python_version": platform.python_version(),
+                           "cpu_count": os.cpu_count()}
+    try:
+        import torch
+    except Exception as err:  # noqa: BLE001  (any import failure is the answer here)
+        env.update(cuda_available=False, reason=f"torch cannot be imported: {type(err).__name__}: {err}")
+        return env
+    env.update(torch=torch.__version__, torch_cuda=torch.version.cuda)
+    try:
+        available = bool(torch.cuda.is_available())
+    except Exception as err:  # noqa: BLE001
+        available = False
+        env["cuda_error"] = f"{type(err).__name__}: {err}"
+    env["cuda_available"] = available
+    if available:
+        env["device_count"] = torch.cuda.device_count()
+        env["devices"] = [torch.cuda.get_device_name(i) for i in range(env["device_count"])]
+        env["capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        env["bf16_supported"] = bool(torch.cuda.is_bf16_supported())
+        env["total_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1)
+        import torch.distributed as dist
+
+        env["nccl_available"] = bool(dist.is_available() and dist.is_nccl_available())
+    else:
+        build = "a build without CUDA" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        env["reason"] = f"torch.cuda.is_available() is False; torch {torch.__version__}, {build}"
+    env["nvidia_smi"] = _nvidia_smi()
+    return env
+
+
+def _nvidia_smi() -> Optional[str]:
+    """``nvidia-smi -L`` and the driver version, or None where there is no nvidia-smi."""
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (done.stdout or done.stderr).strip() or None
+
+
+def environment_line(env: Dict[str, Any]) -> str:
+    """One line saying what this machine has, for the script's first line of output."""
+    if env.get("cuda_available"):
+        return (f"CUDA GPU {', '.join(env['devices'])} (torch {env['torch']}, CUDA {env['torch_cuda']}, "
+                f"bf16 {'yes' if env.get('bf16_supported') else 'no'})")
+    return env.get("reason") or env.get("cuda_error") or "torch sees no CUDA GPU"
+
+
+# ----------------------------------------------------------------------------- steps on disk
+
+
+def read_meta(step_dir: str) -> Dict[str, str]:
+    """A step's ``meta`` file: ``key=value`` lines, a later line overriding an earlier one."""
+    meta: Dict[str, str] = {}
+    path = os.path.join(step_dir, "meta")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, sep, value = line.rstrip("\n").partition("=")
+                if sep:
+                    meta[key] = value
+    return meta
+
+
+def read_argv(step_dir: str) -> List[str]:
+    """A step's command as written by the script (NUL-separated words)."""
+    with open(os.path.join(step_dir, "argv"), "rb") as handle:
+        data = handle.read()
+    return [word.decode("utf-8", "replace") for word in data.split(b"\0")[:-1]]
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+    except OSError:
+        return ""
+
+
+def step_dirs(steps_root: str) -> List[str]:
+    """The step folders in the order they were defined (``NN_name``)."""
+    if not os.path.isdir(steps_root):
+        return []
+    return [os.path.join(steps_root, name) for name in sorted(os.listdir(steps_root))
+            if os.path.isdir(os.path.join(steps_root, name))]
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def last_json_block(text: str) -> Optional[Any]:
+    """The JSON document a command printed last: from the last line that is exactly ``{`` (an
+    indented ``json.dumps``) to the end, or else the last line that parses alone."""
+    lines = text.rstrip().splitlines()
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].rstrip() == "{":
+            try:
+                return json.loads("\n".join(lines[index:]))
+            except ValueError:
+                continue
+    for line in reversed(lines):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
+def train_figures(save_dir: str, stdout: str) -> Dict[str, Any]:
+    """A training run's results (``results.json``: mAP, Rank-1 per target), the precision its
+    engine reported and torchreid's ``Elapsed`` line."""
+    figures: Dict[str, Any] = {"save_dir": save_dir}
+    summary = None
+    if save_dir:
+        text = read_text(os.path.join(save_dir, "results.json"))
+        try:
+            summary = json.loads(text) if text else None
+        except ValueError:
+            summary = None
+    if isinstance(summary, dict):
+        figures["world_size"] = summary.get("world_size")
+        figures["results"] = {target: {key: values.get(key) for key in ("mAP", "rank1", "mINP", "epoch")}
+                              for target, values in (summary.get("results") or {}).items()}
+    else:
+        figures["results"] = None
+    precision = re.findall(r"^\s*Mixed precision: (.*)$", stdout, flags=re.MULTILINE)
+    if precision:
+        figures["mixed_precision"] = precision[-1].strip()
+    elapsed = re.findall(r"^Elapsed (\S+)", stdout, flags=re.MULTILINE)
+    if elapsed:
+        figures["elapsed"] = elapsed[-1]
+    return figures
+
+
+def pytest_figures(stdout: str) -> Dict[str, Any]:
+    """pytest's counts (its last summary line) and the outcome of each test it names (``-rA``)."""
+    counts: Dict[str, int] = {}
+    summary_lines = [line for line in stdout.splitlines()
+                     if re.search(r"\b\d+ (passed|failed|skipped|deselected|errors?|xfailed|xpassed)\b", line)
+                     or "no tests ran" in line]
+    if summary_lines:
+        for number, word in re.findall(r"(\d+) (passed|failed|skipped|deselected|errors?|xfailed|xpassed)",
+                                       summary_lines[-1]):
+            counts["errors" if word == "error" else word] = int(number)
+    tests = {match.group(2): match.group(1).lower() for match in
+             re.finditer(r"^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\s+(\S+)", stdout, flags=re.MULTILINE)}
+    return {"counts": counts, "tests": tests}
+
+
+def error_excerpt(stdout: str, stderr: str) -> Optional[str]:
+    """The last non-empty line of stderr (else stdout): usually the error that ended the step."""
+    for text in (stderr, stdout):
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if lines:
+            return lines[-1][:ERROR_CHARS]
+    return None
+
+
+def step_summary(step_dir: str, validation: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """One step's entry in the summary."""
+    meta = read_meta(step_dir)
+    try:
+        argv = read_argv(step_dir)
+    except OSError:
+        argv = []
+    stdout, stderr = read_text(os.path.join(step_dir, "stdout")), read_text(os.path.join(step_dir, "stderr"))
+    status = meta.get("status", "not run")
+    entry: Dict[str, Any] = {"status": status, "gpu": meta.get("gpu") == "1"}
+    for key in ("seconds", "timeout_s", "effective_timeout_s"):
+        if meta.get(key):
+            entry[key] = _number(meta[key])
+    if meta.get("rc"):
+        entry["rc"] = _number(meta["rc"])
+    for key in ("reason", "note"):
+        if meta.get(key):
+            entry[key] = meta[key]
+    entry["command"] = shlex.join(argv)
+    if status in ("ok", "failed", "timeout", "interrupted"):
+        entry["log"] = {"stdout": os.path.join(step_dir, "stdout"), "stderr": os.path.join(step_dir, "stderr")}
+        if status != "ok":
+            entry["error"] = error_excerpt(stdout, stderr)
+        entry["figures"] = _figures(meta.get("kind", ""), meta, stdout, stderr)
+    if validation is not None and meta.get("name") in validation:
+        entry["validation"] = validation[meta["name"]]
+    return entry
+
+
+def _figures(kind: str, meta: Dict[str, str], stdout: str, stderr: str) -> Any:
+    if kind == "bench":  # the benchmark's own JSON, as printed
+        return last_json_block(stdout)
+    if kind == "train":
+        return train_figures(meta.get("save_dir", ""), stdout)
+    if kind == "pytest":
+        return pytest_figures(stdout)
+    if kind == "usage_error":
+        lines = stderr.strip().splitlines()
+        return {"error_line": lines[0] if lines else None}
+    if kind == "validate":  # each command's result is under its own step ("validation")
+        data = last_json_block(stdout)
+        if not isinstance(data, dict):
+            return None
+        commands = data.get("commands") or {}
+        return {"all_valid": data.get("all_valid"), "checked": len(commands),
+                "invalid": sorted(name for name, result in commands.items() if not result.get("valid"))}
+    return None
+
+
+def _number(text: str) -> Any:
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and "." not in text else round(value, 2)
+
+
+def summary(work: str, mode: str, budget_s: float, elapsed_s: float, log_dir: str, env_path: str,
+            exit_status: int, note: str = "") -> Dict[str, Any]:
+    """The whole summary of a run of the script."""
+    env: Dict[str, Any] = {}
+    text = read_text(env_path)
+    if text:
+        try:
+            env = json.loads(text)
+        except ValueError:
+            env = {"error": f"unreadable {env_path}"}
+    dirs = step_dirs(os.path.join(work, "steps"))
+    validation = None
+    for step_dir in dirs:
+        meta = read_meta(step_dir)
+        if meta.get("kind") == "validate" and meta.get("status") in ("ok", "failed"):
+            data = last_json_block(read_text(os.path.join(step_dir, "stdout")))
+            validation = data.get("commands") if isinstance(data, dict) else None
+    steps = {read_meta(d).get("name", os.path.basename(d)): step_summary(d, validation) for d in dirs}
+    counts: Dict[str, int] = {}
+    for entry in steps.values():
+        counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+    result: Dict[str, Any] = {
+        "device_check": "scripts/device_check.sh", "mode": mode, "gpu_available": bool(env.get("cuda_available")),
+    }
+    if not env.get("cuda_available"):
+        result["reason"] = env.get("reason") or env.get("cuda_error") or "torch sees no CUDA GPU"
+    if note:
+        result["note"] = note
+    result.update({"exit_status": exit_status, "budget_s": budget_s, "elapsed_s": round(elapsed_s, 1),
+                   "counts": counts, "steps": steps, "environment": env, "log_dir": log_dir, "work_dir": work})
+    return result
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate_command(argv: Sequence[str]) -> Dict[str, Any]:
+    """Whether ``argv`` would be accepted, checked without running it; ``{"valid", "checks" | "error"}``."""
+    argv = list(argv)
+    module = argv[2] if len(argv) >= 3 and argv[1] == "-m" else None
+    program = os.path.basename(argv[0]) if argv else ""
+    try:
+        if program == "dcac" or module == "dcac_plugin.cli":
+            return _validate_dcac(argv[1:] if program == "dcac" else argv[3:])
+        if program == "torchrun" or module == "torch.distributed.run":
+            return _validate_torchrun(argv[1:] if program == "torchrun" else argv[3:])
+        if module == "pytest":
+            return _validate_pytest(argv)
+    except Exception as err:  # noqa: BLE001  (a check that breaks is a finding, not a crash of the summary)
+        return {"valid": False, "error": f"{type(err).__name__}: {err}"}
+    return {"valid": False, "error": f"no check for this kind of command: {shlex.join(argv)}"}
+
+
+def _validate_dcac(args: List[str], checks: Sequence[str] = ()) -> Dict[str, Any]:
+    """dcac's parser; for commands that read a config, the config built and checked too."""
+    from dcac_cli import build_parser
+
+    checks = list(checks)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
+            ns = build_parser().parse_args(args)
+    except SystemExit as done:
+        if done.code == 0:  # --help
+            return {"valid": True, "checks": checks + ["dcac's parser (help)"]}
+        lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+        return {"valid": False, "error": next((line for line in lines if line.startswith("dcac: error:")),
+                                              lines[0] if lines else f"exit status {done.code}")}
+    checks.append(f"dcac's parser ({ns.command})")
+    if ns.command in ("train", "config", "stats"):
+        from dcac_plugin.cli import config_from_args
+        from dcac_plugin.errors import user_errors
+        from dcac_plugin.launcher import check_config
+
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                cfg = config_from_args(ns)
+                check_config(cfg)
+        except user_errors() as err:
+            return {"valid": False, "error": f"dcac: error: {err}"}
+        if cfg.train.dist_backend not in ("", "nccl", "gloo"):
+            return {"valid": False, "error": f"train.dist_backend {cfg.train.dist_backend!r}: use nccl or gloo"}
+        checks.append("config merged and checked (as dcac config / dcac train build it)")
+    device = getattr(ns, "device", None)
+    if ns.command == "bench" and device is not None:
+        import torch
+
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError):
+            return {"valid": False, "error": f"--device {device!r} is no torch device"}
+        if kind not in ("cpu", "cuda"):
+            return {"valid": False, "error": f"--device {device!r}: use cpu or cuda"}
+        checks.append(f"--device {device} is a torch device")
+    return {"valid": True, "checks": checks}
+
+
+def _validate_torchrun(args: List[str]) -> Dict[str, Any]:
+    """torchrun's own parser, then the module it starts (``-m dcac_plugin.cli``) as a dcac command."""
+    from torch.distributed.run import get_args_parser
+
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            ns = get_args_parser().parse_args(args)
+    except SystemExit:
+        lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+        return {"valid": False, "error": lines[-1] if lines else "torchrun's parser refused the arguments"}
+    if not ns.module or ns.training_script != "dcac_plugin.cli":
+        return {"valid": False, "error": "torchrun must start the module dcac_plugin.cli (-m dcac_plugin.cli)"}
+    return _validate_dcac(list(ns.training_script_args),
+                          [f"torchrun's parser (nproc_per_node {ns.nproc_per_node}, standalone {ns.standalone})"])
+
+
+def _validate_pytest(argv: List[str]) -> Dict[str, Any]:
+    """pytest's own parsing and collection of the command's arguments (``--collect-only``, in this
+    process, where ``dcac_plugin`` is already imported): test paths, options and ``-k`` checked."""
+    import pytest
+
+    class Collected:
+        def __init__(self) -> None:
+            self.selected: List[str] = []
+            self.deselected = 0
+
+        def pytest_deselected(self, items) -> None:
+            self.deselected += len(items)
+
+        def pytest_collection_finish(self, session) -> None:
+            self.selected = [item.nodeid for item in session.items]
+
+    collected = Collected()
+    captured = io.StringIO()
+    cwd = os.getcwd()
+    try:
+        os.chdir(REPO_ROOT)
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            code = int(pytest.main(list(argv[3:]) + ["--collect-only", "-q"], plugins=[collected]))
+    finally:
+        os.chdir(cwd)
+    # 5: no test selected, as here without CUDA, where the CUDA variants are not generated.
+    if code not in (0, 5):
+        lines = [line.strip() for line in captured.getvalue().splitlines() if line.strip()]
+        return {"valid": False, "error": (lines[-1] if lines else "") + f" (pytest exit status {code})"}
+    check = (f"pytest parsed the options and collected the test files: {len(collected.selected)} selected, "
+             f"{collected.deselected} deselected by -k here")
+    return {"valid": True, "checks": [check], "selected_here": collected.selected}
+
+
+def validate_steps(steps_root: str) -> Dict[str, Any]:
+    """Every GPU step's command checked; ``{"all_valid", "commands": {name: result}}``."""
+    results = {}
+    for step_dir in step_dirs(steps_root):
+        meta = read_meta(step_dir)
+        if meta.get("gpu") != "1":
+            continue
+        argv = read_argv(step_dir)
+        result = validate_command(argv)
+        result["command"] = shlex.join(argv)
+        results[meta.get("name", os.path.basename(step_dir))] = result
+    return {"all_valid": bool(results) and all(r["valid"] for r in results.values()), "commands": results}
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="device_check.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    env = sub.add_parser("env")
+    env.add_argument("--out", required=True)
+    validate = sub.add_parser("validate")
+    validate.add_argument("steps_dir")
+    summ = sub.add_parser("summary")
+    summ.add_argument("--work", required=True)
+    summ.add_argument("--mode", required=True)
+    summ.add_argument("--budget", type=float, required=True)
+    summ.add_argument("--elapsed", type=float, required=True)
+    summ.add_argument("--log-dir", required=True)
+    summ.add_argument("--env", required=True)
+    summ.add_argument("--exit-status", type=int, required=True)
+    summ.add_argument("--note", default="")
+    summ.add_argument("--json-out", default="")
+    args = parser.parse_args(argv)
+    if args.command == "env":
+        found = environment()
+        with open(args.out, "w", encoding="utf-8") as handle:
+            json.dump(found, handle, indent=2)
+        print(environment_line(found))
+        return 0 if found.get("cuda_available") else NO_GPU_EXIT
+    if args.command == "validate":
+        result = validate_steps(args.steps_dir)
+        for name, check in result["commands"].items():
+            verdict = "ok" if check["valid"] else f"INVALID: {check['error']}"
+            print(f"[device_check] {name}: {verdict}", file=sys.stderr)
+        print(json.dumps(result, indent=2))
+        return 0 if result["all_valid"] else 1
+    result = summary(args.work, args.mode, args.budget, args.elapsed, args.log_dir, args.env, args.exit_status,
+                     args.note)
+    text = json.dumps(result, indent=2)
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
