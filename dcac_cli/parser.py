@@ -78,7 +78,7 @@ def _add_train_parsers(sub: "argparse._SubParsersAction") -> None:
                        help="training identities (default: the standard datasets' counts for data.sources)")
     stats.add_argument("--batch-size", type=int, default=64,
                        help="images per step for the FLOPs and the memory plan (the paper's Table 6: 64)")
-    stats.add_argument("--amp", default="fp16", choices=["fp16", "bf16", "off"],
+    stats.add_argument("--amp", default="fp16", choices=[mode for mode in AMP_CHOICES if mode != "auto"],
                        help="precision of the planned step: autocast fp16 (the paper's), bf16, or off (fp32)")
     stats.add_argument("--gradient-checkpointing", action="store_true",
                        help="plan the step with gradient checkpointing on the ViT and U-Net blocks")

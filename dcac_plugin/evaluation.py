@@ -23,6 +23,7 @@ sorts them, and are rejected where they would decide a score (at a valid match).
 """
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
@@ -45,6 +46,7 @@ _CPU_MATRIX_BLOCK_ELEMENTS = 1 << 25
 # Query rows whose candidate keys one CPU thread builds and sorts at a time (a few MiB of
 # distances, so the compare's mask stays in cache).
 _KEY_CHUNK_ROWS = 64
+_MIN_KEY_CHUNK_ROWS = 8
 # Sampling repetitions of torchreid's CUHK03 single-gallery-shot protocol.
 _CUHK03_REPEATS = 10
 _NO_VALID_QUERY = ("No valid query: no query identity appears in the gallery under another "
@@ -404,10 +406,13 @@ def _sorted_candidate_keys(dist: torch.Tensor, hardest: torch.Tensor, index_bits
         cols, values = flat - rows * dist.shape[1], dist.view(-1)[flat]
         return torch.sort(_pack(rows, _float32_code(values), cols, index_bits)).values
     dist_np, hardest_np = dist.numpy(), hardest.numpy()
-    threads = max(1, min(torch.get_num_threads(), dist_np.shape[0]))
-    # Equal chunks, a few per thread, at most _KEY_CHUNK_ROWS rows each.
-    num_chunks = max(threads * 4, -(-dist_np.shape[0] // _KEY_CHUNK_ROWS))
-    chunk_rows = -(-dist_np.shape[0] // num_chunks)
+    num_rows = dist_np.shape[0]
+    threads = max(1, min(torch.get_num_threads(), num_rows))
+    # Equal chunks, a few per thread, at most _KEY_CHUNK_ROWS rows each, and at least
+    # _MIN_KEY_CHUNK_ROWS (a small block, e.g. evaluate_features' 51 MSMT17 rows, in a few tasks).
+    num_chunks = max(threads * 4, -(-num_rows // _KEY_CHUNK_ROWS))
+    num_chunks = min(num_chunks, max(threads, -(-num_rows // _MIN_KEY_CHUNK_ROWS)))
+    chunk_rows = -(-num_rows // num_chunks)
 
     def chunk_keys(start: int) -> np.ndarray:
         block = dist_np[start:start + chunk_rows]
@@ -417,11 +422,16 @@ def _sorted_candidate_keys(dist: torch.Tensor, hardest: torch.Tensor, index_bits
         keys.sort()
         return keys
 
-    starts = range(0, dist_np.shape[0], chunk_rows)
+    starts = range(0, num_rows, chunk_rows)
     if threads == 1:
         return torch.from_numpy(np.concatenate([chunk_keys(start) for start in starts]))
-    with ThreadPoolExecutor(threads) as pool:
-        return torch.from_numpy(np.concatenate(list(pool.map(chunk_keys, starts))))
+    return torch.from_numpy(np.concatenate(list(_key_pool(threads).map(chunk_keys, starts))))
+
+
+@functools.lru_cache(maxsize=1)
+def _key_pool(threads: int) -> ThreadPoolExecutor:
+    """The threads that build candidate keys, made once per thread count (not once per block)."""
+    return ThreadPoolExecutor(threads, thread_name_prefix="dcac-rank")
 
 
 def _pack(rows: IntArray, codes: IntArray, cols: IntArray, index_bits: int) -> IntArray:

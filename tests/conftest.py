@@ -32,6 +32,18 @@ def data_root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("reid-data"))
 
 
+@pytest.fixture(scope="session")
+def baseline_run(data_root, tmp_path_factory):
+    """A finished one-epoch run of the tiny baseline on synthetic_a (64 identities): config.yaml,
+    results.json, encoder, checkpoints, events, log. Shared read-only: tests that change a run copy it."""
+    from dcac_plugin.cli import demo_config_path, main
+
+    save_dir = str(tmp_path_factory.mktemp("baseline-run") / "run")
+    assert main(["train", "--config-file", demo_config_path("baseline"), "--root", data_root, "data.save_dir",
+                 save_dir, "train.max_epoch", "1", "train.print_freq", "100"]) == 0
+    return save_dir
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):
     """Generated artefacts (the tiny diffusion model) go to a per-session folder, not ~/.cache."""

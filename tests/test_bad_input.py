@@ -19,14 +19,6 @@ def train(*args):
     return main(["train", "--config-file", demo_config_path("baseline"), *args])
 
 
-@pytest.fixture(scope="module")
-def baseline_run(data_root, tmp_path_factory):
-    """One epoch of the tiny baseline on synthetic_a (64 identities)."""
-    save_dir = str(tmp_path_factory.mktemp("baseline-run"))
-    assert train("--root", data_root, "data.save_dir", save_dir, "train.max_epoch", "1", "train.print_freq", "100") == 0
-    return save_dir
-
-
 @pytest.fixture()
 def copied_root(data_root, tmp_path):
     """A private copy of synthetic_a that a test may damage."""

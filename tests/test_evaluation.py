@@ -203,6 +203,7 @@ def test_matrix_blocks_key_chunks_and_threads_do_not_change_results(monkeypatch,
         for budget, chunk_rows, num_threads in [(3 * 300, 1, 2), (17 * 300, 5, 2), (17 * 300, 64, 1), (1 << 25, 3, 1)]:
             monkeypatch.setattr(evaluation, "_CPU_MATRIX_BLOCK_ELEMENTS", budget)
             monkeypatch.setattr(evaluation, "_KEY_CHUNK_ROWS", chunk_rows)
+            monkeypatch.setattr(evaluation, "_MIN_KEY_CHUNK_ROWS", 1)
             torch.set_num_threads(num_threads)
             _assert_same_result(evaluate_rank_full(distmat, *labels, max_rank=20), expected)
     finally:

@@ -45,12 +45,10 @@ def train(save_dir, *args) -> int:
                  "train.print_freq", "100"])
 
 
-@pytest.fixture(scope="module")
-def trained_run(data_root, tmp_path_factory):
-    """A finished one-epoch run (config.yaml, results.json, encoder, checkpoints, events, log)."""
-    save_dir = tmp_path_factory.mktemp("trained") / "run"
-    assert train(save_dir, "--root", data_root, "train.max_epoch", "1") == 0
-    return str(save_dir)
+@pytest.fixture
+def trained_run(baseline_run):
+    """The session's finished one-epoch run (conftest.baseline_run); these tests only read it."""
+    return baseline_run
 
 
 @pytest.fixture

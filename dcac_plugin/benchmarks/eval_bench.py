@@ -34,7 +34,7 @@ from typing import Callable, Dict, NamedTuple, Tuple
 import numpy as np
 import torch
 
-from ..errors import UsageError
+from .devices import checked_device, device_name
 from .memory import peak_rss_kb, proc_status_kb
 
 TARGETS = {"market_speedup_vs_python_min": 40.0, "market_speedup_vs_cython_min": 10.0, "msmt_seconds_max": 20.0,
@@ -109,7 +109,7 @@ def market_benchmark(seed: int = 0, torchreid_reference: bool = True, shape: Spl
     ours on ``device`` (a copy of the matrix there), torchreid's on the CPU."""
     from torchreid import metrics
 
-    from ..evaluation import evaluate_rank, evaluate_rank_full
+    from ..evaluation import evaluate_rank_full
 
     dev = torch.device(device)
     _progress(f"market: building a {shape.num_query} x {shape.num_gallery} distance matrix")
@@ -118,8 +118,8 @@ def market_benchmark(seed: int = 0, torchreid_reference: bool = True, shape: Spl
     labels = (split.q_pids, split.g_pids, split.q_camids, split.g_camids)
     ours_inputs = (distmat, *labels) if dev.type == "cpu" else _on_device(dev, distmat, *labels)
     _progress(f"market: ours ({dev})")
-    ours_seconds, (cmc, mAP) = _best_of(_synchronized(lambda: evaluate_rank(*ours_inputs), dev), FAST_REPEATS)
-    full = evaluate_rank_full(*ours_inputs)
+    ours_seconds, full = _best_of(_synchronized(lambda: evaluate_rank_full(*ours_inputs), dev), FAST_REPEATS)
+    cmc, mAP = full.cmc, full.mAP
     result: Dict[str, object] = {
         "device": str(dev), "shape": list(distmat.shape), "dtype": str(distmat.dtype), "timing": TIMING,
         "ours_seconds": ours_seconds,
@@ -192,30 +192,6 @@ def msmt_benchmark(seed: int = 0, device: str = "cpu", shape: SplitShape = MSMT)
         figures["peak_cuda_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
     _progress(f"msmt: {json.dumps(figures)}")
     return figures
-
-
-def checked_device(device: str) -> torch.device:
-    """``device`` (``--device``) as a torch device our evaluation can run on, or a
-    :class:`UsageError` (``dcac: error: ...``) before any work starts."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"Unknown device {device!r}; use cpu or cuda.") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"Unknown device {device!r}; use cpu or cuda.")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"Device {device!r}, but torch sees no CUDA device here; use --device cpu.")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"Device {device!r}, but torch sees {torch.cuda.device_count()} CUDA device(s) here.")
-    return dev
-
-
-def device_name(dev: torch.device) -> str:
-    """The GPU's name, or ``cpu (N threads)``."""
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def _on_device(dev: torch.device, *arrays) -> Tuple[torch.Tensor, ...]:

@@ -18,9 +18,9 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from ..errors import UsageError
+from .devices import checked_device, device_name
 from .memory import peak_rss_kb
-from .step import FixedPosteriors, benchmark_config, build_training_step  # noqa: F401  (FixedPosteriors: re-export)
+from .step import benchmark_config, build_training_step
 
 
 def measure_engine(engine_name: str, batch_size: int = 8, steps: int = 5, warmup: int = 2, amp: str = "off",
@@ -42,9 +42,10 @@ def measure_engine(engine_name: str, batch_size: int = 8, steps: int = 5, warmup
         step.run()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
+        seconds = time.perf_counter() - start
         if index >= warmup:
-            times.append(time.perf_counter() - start)
-        print(f"  {engine_name}: step {index + 1}/{warmup + steps} {times[-1] if index >= warmup else 0:.3f}s"
+            times.append(seconds)
+        print(f"  {engine_name}: step {index + 1}/{warmup + steps} {seconds:.3f}s"
               f"{' (warm-up)' if index < warmup else ''}", flush=True)
     peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
             else peak_rss_kb() * 1024)
@@ -55,20 +56,6 @@ def measure_engine(engine_name: str, batch_size: int = 8, steps: int = 5, warmup
 
 def _measure_in_child(queue, kwargs) -> None:
     queue.put(measure_engine(**kwargs))
-
-
-def _checked_device(device: Optional[str]) -> str:
-    """The device to measure on (default: cuda when available). A wrong one fails here: in the
-    child process it would fail where the parent, waiting for the figures, never hears of it."""
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        raise UsageError(f"Unknown device {device!r}; use cpu or cuda.") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"Device {device!r}, but torch sees no CUDA device here; use --device cpu.")
-    return device
 
 
 def account_flops(results: Dict[str, Dict[str, object]], step_flops: Dict[str, int]) -> Dict[str, object]:
@@ -101,7 +88,8 @@ def run_train_benchmark(batch_size: int = 8, steps: int = 5, warmup: int = 2, am
     FLOP accounting (:func:`account_flops`)."""
     from .flops import training_step_flops
 
-    device = _checked_device(device)
+    dev = checked_device(device)
+    device = str(dev)
     context = multiprocessing.get_context("spawn")
     results = {}
     for name in engines:
@@ -122,7 +110,7 @@ def run_train_benchmark(batch_size: int = 8, steps: int = 5, warmup: int = 2, am
                   for name in engines}
     accounting = account_flops(results, step_flops)
     summary: Dict[str, object] = {
-        "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)",
+        "device": device_name(dev),
         "batch_size": batch_size, "amp": amp, "latent_cache": latent_cache, "lora_rank": rank,
         "gradient_checkpointing": gradient_checkpointing, "engines": results,
     }
