@@ -8,8 +8,16 @@ from typing import Dict, Tuple
 
 # = dcac_plugin.performance.AMP_CHOICES (train.amp and dcac bench train --amp).
 AMP_CHOICES: Tuple[str, ...] = ("auto", "off", "bf16", "fp16")
-# The engines `dcac demo` runs, each from the shipped config demo_<engine>.
-DEMO_ENGINES: Tuple[str, ...] = ("softmax", "baseline", "dcac")
+# The runs `dcac demo` does, in this order, each from the shipped config demo_<run>: torchreid's softmax engine
+# and dcac on OSNet-x0.25, then baseline and dcac on the tiny CLIP ViT.
+DEMO_RUNS: Tuple[str, ...] = ("softmax", "dcac_osnet", "baseline", "dcac")
+# What each demo run trains, for `dcac demo --help`.
+DEMO_RUN_SUMMARIES: Dict[str, str] = {
+    "softmax": "engine softmax (torchreid's) on osnet_x0_25",
+    "dcac_osnet": "engine dcac on osnet_x0_25",
+    "baseline": "engine baseline on the tiny CLIP ViT",
+    "dcac": "engine dcac on the tiny CLIP ViT",
+}
 # = the names registered in dcac_plugin.registry.ENGINES (config key `engine`), with what each trains.
 ENGINE_SUMMARIES: Dict[str, str] = {
     "softmax": "torchreid's own engine: ID loss",
@@ -23,4 +31,4 @@ CONFIG_KEYS: Tuple[str, ...] = ("use_gpu", "engine")
 CONFIG_SECTIONS: Tuple[str, ...] = ("model", "data", "market1501", "cuhk03", "msmt17", "sampler", "video", "train", "sgd",
                                     "rmsprop", "adam", "loss", "test", "dcac")
 # The shipped run lists' names (paper tables) that `dcac experiments` takes, as its help names them.
-RUN_LISTS: Tuple[str, ...] = ("table2", "table3", "table4", "table5", "table7", "table9", "table10")
+RUN_LISTS: Tuple[str, ...] = ("table2", "table3", "table4", "table5", "table7", "table9", "table10", "toolbox")

@@ -11,7 +11,7 @@ import argparse
 import os.path as osp
 
 from .base import PROG, DcacArgumentParser, HelpFormatter
-from .choices import AMP_CHOICES, DEMO_ENGINES, ENGINE_SUMMARIES
+from .choices import AMP_CHOICES, DEMO_RUN_SUMMARIES, DEMO_RUNS, ENGINE_SUMMARIES
 from .overrides import ListThenOverrides, add_overrides_argument
 from .runs import add_experiments_parser, add_export_parser, add_extract_parser, add_visualize_parser
 
@@ -130,8 +130,9 @@ def _add_demo_parser(sub: "argparse._SubParsersAction") -> None:
                                        "with tiny random-init models on CPU", formatter_class=HelpFormatter)
     demo.add_argument("--root", default="reid-data", help="data root; the synthetic datasets are written here once")
     demo.add_argument("--save-dir", default=osp.join("log", "demo"), help="logs, checkpoints and results")
-    demo.add_argument("--engines", action=ListThenOverrides, names=DEMO_ENGINES, default=list(DEMO_ENGINES),
-                      metavar="ENGINE", help=f"engines to run, in this order, of {', '.join(DEMO_ENGINES)}" + LIST_HELP)
+    runs = "; ".join(f"{name}: {what}" for name, what in DEMO_RUN_SUMMARIES.items())
+    demo.add_argument("--engines", action=ListThenOverrides, names=DEMO_RUNS, default=list(DEMO_RUNS),
+                      metavar="RUN", help=f"demo runs to do, in this order ({runs})" + LIST_HELP)
     add_overrides_argument(demo, "KEY VALUE overrides applied to every demo run" + OPTS_HELP)
     demo.set_defaults(handler="dcac_plugin.cli:cmd_demo")
 

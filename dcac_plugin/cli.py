@@ -25,9 +25,10 @@ def config_from_args(args: argparse.Namespace):
                         root=args.root or None, transforms=args.transforms)
 
 
-def demo_config_path(engine: str) -> str:
-    """The shipped config ``dcac demo`` trains ``engine`` with (package data, whatever the current directory)."""
-    return osp.join(CONFIG_DIR, f"demo_{engine}.yaml")
+def demo_config_path(run: str) -> str:
+    """The shipped config of demo run ``run`` (``softmax``, ``dcac_osnet``, ``baseline``, ``dcac``;
+    package data, whatever the current directory)."""
+    return osp.join(CONFIG_DIR, f"demo_{run}.yaml")
 
 
 def format_results_table(summaries: Sequence[dict]) -> str:
@@ -122,10 +123,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .launcher import run
 
     summaries = []
-    for engine in args.engines:
-        path = demo_config_path(engine)
-        opts = ["data.root", args.root, "data.save_dir", osp.join(args.save_dir, engine)] + list(args.opts or [])
-        print(f"\n===== demo: engine {engine} ({path}) =====", flush=True)
+    for name in args.engines:
+        path = demo_config_path(name)
+        opts = ["data.root", args.root, "data.save_dir", osp.join(args.save_dir, name)] + list(args.opts or [])
+        print(f"\n===== demo: {name} ({path}) =====", flush=True)
         cfg = build_config(path, opts)
         if earlier_demo_run(cfg):
             cfg.data.overwrite = True

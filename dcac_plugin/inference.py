@@ -25,6 +25,13 @@ def _num_classes(weights: Dict[str, torch.Tensor]) -> int:
     return int(classifier.shape[0]) if classifier is not None else 1
 
 
+def trained_model_loss(cfg: CN) -> str:
+    """The train-mode output the run's engine asked its model for (``reid`` for ours)."""
+    from .registry import ENGINES
+
+    return ENGINES.get(cfg.engine).model_loss if cfg.engine in ENGINES else "softmax"
+
+
 def load_trained_model(source: str, config_file: Optional[str] = None,
                        opts: Sequence[str] = ()) -> Tuple[nn.Module, CN, str]:
     """(model in eval mode on CPU, its config, the weights file used) from a run directory or checkpoint.
@@ -45,7 +52,8 @@ def load_trained_model(source: str, config_file: Optional[str] = None,
                                                   "model.resume", ""])
     path = find_weights(source)
     weights = model_state_dict(load_checkpoint(path))
-    model = build_model(cfg, _num_classes(weights), "softmax", use_gpu=False)
+    # As the run built it: our engines put the Re-ID head on a torchreid model (ToolboxReID).
+    model = build_model(cfg, _num_classes(weights), trained_model_loss(cfg), use_gpu=False)
     apply_weights(model, weights, path)
     return model.eval(), cfg, path
 

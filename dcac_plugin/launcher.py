@@ -31,7 +31,7 @@ from .data.transforms import (INTERPOLATIONS, ReidTransforms, describe_transform
                               torchreid_receives)
 from .data.views import TwoViewTransform, diffusion_view_transform
 from .engines.common import checkpoint_paths
-from .models import CLIP_MODELS, ClipReID
+from .models import CLIP_MODELS, BNNeckReID, build_toolbox_reid, check_toolbox_model
 from .optim import build_optimizer, build_scheduler
 from .performance import AMP_CHOICES, compile_modules, enable_gradient_checkpointing
 from .registration import image_dataset_table, model_factory
@@ -98,10 +98,8 @@ def check_config(cfg: CN) -> None:
             "RandomIdentitySampler", "RandomSampler", "SequentialSampler"):
         raise ConfigError(f"sampler.train_sampler {cfg.sampler.train_sampler!r} has no distributed version; under "
                           "torchrun use RandomIdentitySampler, RandomSampler or SequentialSampler.")
-    engine_cls = ENGINES.get(cfg.engine)
-    if engine_cls.model_loss == "reid" and cfg.model.name not in CLIP_MODELS:
-        raise ConfigError(f"engine {cfg.engine!r} needs a CLIP Re-ID model (BNNeck feature); "
-                          f"set model.name to one of {sorted(CLIP_MODELS)}.")
+    if ENGINES.get(cfg.engine).model_loss == "reid" and cfg.model.name not in CLIP_MODELS:
+        check_toolbox_model(cfg.model.name)
     check_values(cfg)
 
 
@@ -190,12 +188,19 @@ def build_datamanager(cfg: CN, use_gpu: bool):
 
 
 def build_model(cfg: CN, num_classes: int, model_loss: str, use_gpu: bool) -> nn.Module:
-    """A model from torchreid's factory; ours also get the input size and CLIP weight source."""
+    """A model from torchreid's factory; ours also get the input size and CLIP weight source.
+
+    For our engines (``model_loss`` ``reid``) any other torchreid model gets the paper's Re-ID
+    head (:class:`~dcac_plugin.models.ToolboxReID`); torchreid's engines get the model as is.
+    """
     name = cfg.model.name
     if name in CLIP_MODELS:
         return model_factory()[name](num_classes=num_classes, loss=model_loss, pretrained=cfg.model.pretrained,
                                      weights=cfg.dcac.clip_weights, img_size=(cfg.data.height, cfg.data.width))
     with writing_torch_cache(f"torchreid's pretrained {name} weights"):
+        if model_loss == "reid":
+            return build_toolbox_reid(name, num_classes, model_loss, pretrained=cfg.model.pretrained,
+                                      **device_kwargs(reid_models.build_model, use_gpu))
         return reid_models.build_model(name=name, num_classes=num_classes, loss=model_loss,
                                        pretrained=cfg.model.pretrained,
                                        **device_kwargs(reid_models.build_model, use_gpu))
@@ -429,7 +434,7 @@ def run(cfg: CN) -> Dict[str, Any]:
                    "targets": list(cfg.data.targets), "save_dir": cfg.data.save_dir,
                    "world_size": distributed.world_size(), "results": prepared.engine.results}
         if distributed.is_main_process():
-            if isinstance(prepared.model, ClipReID) and not cfg.test.evaluate:
+            if isinstance(prepared.model, BNNeckReID) and not cfg.test.evaluate:
                 path = export_encoder(prepared.model, osp.join(cfg.data.save_dir, "encoder.safetensors"))
                 print(f"Test-time encoder exported to {path}")
             with open(osp.join(cfg.data.save_dir, "results.json"), "w", encoding="utf-8") as handle:

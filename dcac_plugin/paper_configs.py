@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .toolbox_configs import render_toolbox_configs
 from .protocols import (ABBREVIATIONS, MULTI_SOURCE_SETTINGS, SINGLE_SOURCE_PAIRS, condition_temperature_for,
                         lora_rank_for, setting_name)
 
@@ -91,7 +92,8 @@ def render_config(engine: str, sources: Sequence[str], target: str, where: str, 
 
 
 def render_paper_configs() -> Dict[str, str]:
-    """{path relative to configs/paper: text} for every config and run list."""
+    """{path relative to configs/paper: text} for every config and run list (the toolbox
+    group's from :mod:`dcac_plugin.toolbox_configs`)."""
     files: Dict[str, str] = {}
     lists: Dict[str, List[str]] = {"table2": [], "table3": [], "table4": []}
     for sources, target in [((s,), t) for s, t in SINGLE_SOURCE_PAIRS] + MULTI_SOURCE_SETTINGS:
@@ -116,6 +118,7 @@ def render_paper_configs() -> Dict[str, str]:
         header = (f"# Runs of the paper's {table.replace('table', 'Table ')}: dcac experiments --root DATA {table}\n"
                   f"# (or, in a checkout: dcac experiments --root DATA configs/lists/{table}.txt)\n")
         files[f"lists/{table}.txt"] = header + "\n".join(entries) + "\n"
+    files.update(render_toolbox_configs())
     return files
 
 

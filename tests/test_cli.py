@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import dcac_cli
-from dcac_cli.choices import AMP_CHOICES, CONFIG_KEYS, CONFIG_SECTIONS, DEMO_ENGINES, ENGINE_SUMMARIES, RUN_LISTS
+from dcac_cli.choices import AMP_CHOICES, CONFIG_KEYS, CONFIG_SECTIONS, DEMO_RUN_SUMMARIES, DEMO_RUNS, ENGINE_SUMMARIES, RUN_LISTS
 from dcac_cli.dispatch import command_handler
 from dcac_plugin import performance
 from dcac_plugin.cli import demo_config_path
@@ -88,8 +88,9 @@ def test_every_command_names_an_implementation_that_exists():
 def test_parser_choices_are_the_implementations():
     assert AMP_CHOICES == performance.AMP_CHOICES
     assert set(ENGINE_SUMMARIES) == set(ENGINES.names())
-    assert {f"demo_{engine}" for engine in DEMO_ENGINES} == {n for n in shipped_configs() if n.startswith("demo_")}
-    assert all(os.path.isfile(demo_config_path(engine)) for engine in DEMO_ENGINES)
+    assert {f"demo_{run}" for run in DEMO_RUNS} == {n for n in shipped_configs() if n.startswith("demo_")}
+    assert all(os.path.isfile(demo_config_path(run)) for run in DEMO_RUNS)
+    assert set(DEMO_RUN_SUMMARIES) == set(DEMO_RUNS)
     assert set(RUN_LISTS) == set(shipped_run_lists())
     defaults = get_default_config()
     assert set(CONFIG_SECTIONS) == {key for key, value in defaults.items() if isinstance(value, dict)}
@@ -110,7 +111,7 @@ def test_train_help_describes_engines_and_examples(capsys):
 
 # ----------------------------------------------- KEY VALUE overrides after list flags
 
-ALL = list(DEMO_ENGINES)
+ALL = list(DEMO_RUNS)
 OVERRIDES = ["train.max_epoch", "2"]
 # argv -> (list flag values, opts) as parsed: dcac demo's engines, dcac train's (sources, targets, transforms).
 DEMO_FORMS = {
@@ -181,11 +182,11 @@ BAD_INPUT = {
     "config: unknown key": (["config", "train.lrr", "0.1"], "Did you mean 'train.lr'"),
     "stats: missing config": (["stats", "--config-file", "nowhere"], "Config file not found"),
     "configs: nothing matches": (["configs", "no-such-thing"], "No shipped config or run list"),
-    "demo: unknown engine": (["demo", "--engines", "nope"], "invalid choice: 'nope' (choose from softmax, baseline, dcac"),
+    "demo: unknown engine": (["demo", "--engines", "nope"], "invalid choice: 'nope' (choose from softmax, dcac_osnet, baseline, dcac"),
     "demo: misspelt engine before overrides": (["demo", "--engines", "baseline", "dcca", "train.max_epoch", "2"],
                                                "invalid choice: 'dcca'"),
     "demo: no engine before overrides": (["demo", "--engines", "train.max_epoch", "2"],
-                                         "expected at least one ENGINE before the KEY VALUE overrides"),
+                                         "expected at least one RUN before the KEY VALUE overrides"),
     "demo: option after overrides": (["demo", "train.max_epoch", "2", "--engines", "baseline"],
                                      "option --engines after the KEY VALUE overrides: options go before them"),
     "train: no dataset before overrides": (["train", "-s", "train.max_epoch", "2"],

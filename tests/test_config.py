@@ -93,9 +93,10 @@ def test_unknown_interpolation_is_a_config_error_naming_the_key(key):
         check_config(build_config(None, [key, "bilinaer"]))
 
 
-def test_baseline_engine_refuses_a_model_without_bnneck():
-    cfg = build_config(None, ["engine", "baseline", "model.name", "osnet_x0_25"])
-    with pytest.raises(ConfigError, match="needs a CLIP Re-ID model"):
+def test_baseline_engine_refuses_a_model_without_one_linear_classifier():
+    check_config(build_config(None, ["engine", "baseline", "model.name", "osnet_x0_25"]))
+    cfg = build_config(None, ["engine", "baseline", "model.name", "hacnn"])
+    with pytest.raises(ConfigError, match="torchreid model 'hacnn' has no single linear classifier"):
         check_config(cfg)
 
 

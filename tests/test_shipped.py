@@ -85,18 +85,18 @@ def listed(out):
 def test_configs_lists_every_shipped_config_and_run_list(elsewhere, capsys):
     assert main(["configs"]) == 0
     out = capsys.readouterr().out
-    assert listed(out) == shipped_yaml_names() and len(listed(out)) == 61
-    for group in ("single (24):", "multi (8):", "ablations (26):", "demo (3):"):
+    assert listed(out) == shipped_yaml_names() and len(listed(out)) == 24 + 8 + 26 + 72 + 4
+    for group in ("single (24):", "multi (8):", "ablations (26):", "toolbox (72):", "demo (4):"):
         assert group in out
     lists = {os.path.basename(p)[:-4] for p in glob.glob(os.path.join(CONFIG_DIR, "paper", "lists", "*.txt"))}
-    assert re.search(r"run lists of dcac experiments \(7\):\n  (.+)", out).group(1).split() == sorted(
-        lists, key=lambda name: int(name[len("table"):]))
+    tables = sorted(lists - {"toolbox"}, key=lambda name: int(name[len("table"):]))
+    assert re.search(r"run lists of dcac experiments \(8\):\n  (.+)", out).group(1).split() == tables + ["toolbox"]
 
 
 def test_configs_filter(elsewhere, capsys):
     assert main(["configs", "msmt17"]) == 0
     shown = listed(capsys.readouterr().out)
-    assert shown == {name for name in shipped_yaml_names() if "msmt17" in name} and len(shown) == 40
+    assert shown == {name for name in shipped_yaml_names() if "msmt17" in name} and len(shown) == 40 + 36
 
 
 def test_readme_config_names_resolve_from_any_directory(elsewhere):

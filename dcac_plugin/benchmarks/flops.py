@@ -98,7 +98,11 @@ def count_flops(step: TrainingStep, work: Callable[[], object]) -> FlopCount:
 
 def component_names(step: TrainingStep) -> Dict[str, str]:
     """The flop counter's module names of the step's components."""
-    names = {"vit": f"{type(step.model).__name__}.backbone"}
+    from ..models import ClipReID
+
+    # "vit" for the paper's CLIP model (Table 6's rows), "reid_backbone" for a torchreid model.
+    backbone_key = "vit" if isinstance(step.model, ClipReID) else "reid_backbone"
+    names = {backbone_key: f"{type(step.model).__name__}.backbone"}
     if step.feedback is not None:
         root = type(step.feedback).__name__
         names.update(unet=f"{root}.denoiser.unet", vae_encoder=f"{root}.denoiser.vae", condition=f"{root}.condition")

@@ -14,6 +14,7 @@ from .. import distributed
 from ..config import device_kwargs
 from ..data.loaders import image_list_loader, train_items
 from ..diffusion.adaptation import count_parameters
+from ..models import BNNeckReID
 from ..performance import autocast, full_precision, grad_scaler, resolve_amp
 from ..rng import preserved_rng
 from ..registry import ENGINES, LOSSES
@@ -67,7 +68,8 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
     def setup_summary(self, cfg) -> List[str]:
         """What this run was built from, for the log: weights, trainable counts, precision."""
         trainable = count_parameters(self.model)["trainable"]
-        return [f"CLIP weights: {getattr(self.model, 'weights_source', cfg.model.name)}",
+        source = self.model.source_line() if isinstance(self.model, BNNeckReID) else f"Re-ID model: {cfg.model.name}"
+        return [source,
                 f"Trainable parameters: Re-ID model {trainable:,}",
                 f"Mixed precision: {self.amp} (train.amp {self.amp_setting}, {self.device.type})"]
 

@@ -2,11 +2,11 @@
 
 ``backbone`` is open_clip's VisionTransformer, so its state-dict keys are OpenAI CLIP's
 visual keys (conv1, class_embedding, positional_embedding, ln_pre, transformer.*,
-ln_post, proj). On top: a BNNeck and a bias-free linear ID classifier.
+ln_post, proj). On top: a BNNeck and a bias-free linear ID classifier (:mod:`.reid_head`).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,7 @@ import open_clip
 from open_clip.model import _build_vision_tower
 
 from .clip_weights import ClipWeightsError, read_clip_visual_weights, resolve_clip_weights_file
+from .reid_head import BNNeck, BNNeckReID, ReIDOutput, freeze_as_buffer  # noqa: F401  (BNNeck, ReIDOutput: re-exported)
 
 ImageSize = Tuple[int, int]
 
@@ -27,14 +28,6 @@ _TINY_CFG = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
 }
-
-
-class ReIDOutput(NamedTuple):
-    """Train-mode output for the DCAC engines: classifier logits, feature z, BN feature."""
-
-    logits: torch.Tensor
-    z: torch.Tensor
-    f_bn: torch.Tensor
 
 
 def clip_architecture(arch: str) -> dict:
@@ -94,58 +87,20 @@ def load_clip_visual_weights(visual: nn.Module, state: dict) -> None:
         )
 
 
-def freeze_as_buffer(module: nn.Module, name: str) -> None:
-    """Turn parameter ``name`` of ``module`` into a buffer with the same state-dict key.
-
-    torchreid's engine calls ``open_all_layers`` every epoch, which sets
-    ``requires_grad=True`` on every parameter; a buffer stays frozen whatever any
-    engine does, and checkpoints keep their keys.
-    """
-    value = getattr(module, name).detach().clone()
-    delattr(module, name)
-    module.register_buffer(name, value)
-
-
-class BNNeck(nn.BatchNorm1d):
-    """BatchNorm1d whose bias is fixed at 0 (BNNeck, Luo et al. 2019): weight 1, bias 0 at start."""
-
-    def __init__(self, num_features: int) -> None:
-        super().__init__(num_features)
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
-        freeze_as_buffer(self, "bias")
-
-
-class ClipReID(nn.Module):
-    """CLIP image encoder + BNNeck + ID classifier.
-
-    Train mode returns what the engine asks for through ``loss``: ``softmax`` -> logits
-    (torchreid's softmax engine), ``triplet`` -> (logits, z) (torchreid's triplet engine),
-    anything else -> :class:`ReIDOutput`. Eval mode returns the L2-normalised BN feature.
-    """
+class ClipReID(BNNeckReID):
+    """CLIP image encoder + BNNeck + ID classifier (outputs: :class:`BNNeckReID`)."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, loss: str = "softmax") -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.loss = loss
-        self.feature_dim = int(backbone.proj.shape[1]) if backbone.proj is not None else backbone.transformer.width
+        feature_dim = int(backbone.proj.shape[1]) if backbone.proj is not None else backbone.transformer.width
+        super().__init__(backbone, feature_dim, num_classes, loss)
         # Only the patch projection is frozen (paper 5.2: "for stability").
         freeze_as_buffer(self.backbone.conv1, "weight")
-        self.bnneck = BNNeck(self.feature_dim)
-        self.classifier = nn.Linear(self.feature_dim, num_classes, bias=False)
-        nn.init.normal_(self.classifier.weight, std=0.001)
 
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, tuple, ReIDOutput]:
-        z = self.backbone(x)
-        f_bn = self.bnneck(z)
-        if not self.training:
-            return F.normalize(f_bn, dim=1)
-        logits = self.classifier(f_bn)
-        if self.loss == "softmax":
-            return logits
-        if self.loss == "triplet":
-            return logits, z
-        return ReIDOutput(logits, z, f_bn)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def source_line(self) -> str:
+        return f"CLIP weights: {self.weights_source}"
 
 
 def build_clip_reid(
