@@ -92,7 +92,7 @@ def _add_train_parsers(sub: "argparse._SubParsersAction") -> None:
     stats.set_defaults(handler="dcac_plugin.cli:cmd_stats")
 
     configs = sub.add_parser("configs", help="list the shipped configs and run lists by name",
-                             description="The configs shipped with the package (single, multi, ablations, demo) "
+                             description="The configs shipped with the package (single, multi, ablations, toolbox, demo) "
                                          "and the run lists of `dcac experiments`, by the names every --config-file "
                                          "takes.", formatter_class=HelpFormatter)
     configs.add_argument("filter", nargs="?", default="", help="only names containing this text, e.g. msmt17")

@@ -136,7 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     with open(osp.join(args.save_dir, "demo_results.md"), "w", encoding="utf-8") as handle:
         handle.write(table + "\n")
     print("\nDemo results (train on synthetic_a, test on unseen synthetic_b):\n" + table)
-    print(f"\nLogs, checkpoints and results.json per engine under {args.save_dir}/")
+    print(f"\nLogs, checkpoints and results.json per run under {args.save_dir}/<run>/")
     return 0
 
 

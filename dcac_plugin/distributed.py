@@ -5,11 +5,10 @@ torchreid has no distributed training. Outside torchrun every helper here is a n
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Optional
+from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -86,17 +85,6 @@ def barrier() -> None:
 def destroy() -> None:
     if is_initialized():
         dist.destroy_process_group()
-
-
-@contextlib.contextmanager
-def main_process_first() -> Iterator[None]:
-    """Rank 0 runs the block first (downloads, generated data, caches written to disk), then
-    the others run it and find the result there."""
-    if not is_main_process():
-        barrier()
-    yield
-    if is_main_process():
-        barrier()
 
 
 def _backend_device(tensor: torch.Tensor) -> torch.device:

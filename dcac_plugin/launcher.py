@@ -33,6 +33,7 @@ from .data.views import TwoViewTransform, diffusion_view_transform
 from .engines.common import checkpoint_paths
 from .models import CLIP_MODELS, BNNeckReID, build_toolbox_reid, check_toolbox_model
 from .optim import build_optimizer, build_scheduler
+from .preparation import prepared_in_rounds
 from .performance import AMP_CHOICES, compile_modules, enable_gradient_checkpointing
 from .registration import image_dataset_table, model_factory
 from .registry import ENGINES, nearest_name
@@ -206,6 +207,18 @@ def build_model(cfg: CN, num_classes: int, model_loss: str, use_gpu: bool) -> nn
                                        **device_kwargs(reid_models.build_model, use_gpu))
 
 
+def weight_cache_folders() -> List[str]:
+    """Where building a model may write: the Hugging Face hub cache (CLIP, Stable Diffusion),
+    torch's cache (torchreid's ImageNet weights), open_clip's cache of OpenAI's files and ours
+    (the generated tiny diffusion model)."""
+    import torch.hub
+    from huggingface_hub import constants
+
+    from .engines.dcac import cache_dir
+
+    return [constants.HF_HUB_CACHE, osp.dirname(torch.hub.get_dir()), osp.expanduser("~/.cache/clip"), cache_dir()]
+
+
 def resolve_resume_path(path: str) -> str:
     """``model.resume`` names a checkpoint file, or a run's save_dir (its ``latest``)."""
     if osp.isdir(path):
@@ -296,8 +309,9 @@ class PreparedRun(NamedTuple):
 def prepare(cfg: CN) -> PreparedRun:
     """Build data, model, optimizer, scheduler and engine from ``cfg``; resume if it says so.
 
-    Under torchrun every rank calls this; rank 0 goes first where files are written
-    (generated datasets, downloaded or generated weights).
+    Under torchrun every rank calls this; where files are written (generated datasets, downloaded
+    or generated weights), one process per file system writes first and the others then read
+    (:mod:`~dcac_plugin.preparation`).
     """
     check_config(cfg)
     use_gpu = bool(cfg.use_gpu) and torch.cuda.is_available()
@@ -305,21 +319,21 @@ def prepare(cfg: CN) -> PreparedRun:
     # Ranks draw different augmentations and noise; DDP gives them rank 0's initial weights.
     reid_utils.set_random_seed(cfg.train.seed + info.rank)
     engine_cls = ENGINES.get(cfg.engine)
-    with distributed.main_process_first():
+    with prepared_in_rounds([cfg.data.root]):
         datamanager = build_datamanager(cfg, use_gpu)
     print(f"Building model: {cfg.model.name}")
-    model = build_model(cfg, datamanager.num_train_pids, engine_cls.model_loss, use_gpu)
+    # Weights are downloaded (or the tiny diffusion model generated) once per file system.
+    auxiliary = None
+    with prepared_in_rounds(weight_cache_folders()):
+        model = build_model(cfg, datamanager.num_train_pids, engine_cls.model_loss, use_gpu)
+        # Modules trained beside the Re-ID model (dcac: prompts, adapters); not needed to evaluate.
+        if hasattr(engine_cls, "build_auxiliary") and not cfg.test.evaluate:
+            auxiliary = engine_cls.build_auxiliary(cfg, model, datamanager.num_train_pids)
     if cfg.model.load_weights:
         print(load_model_weights(model, cfg.model.load_weights))
     if use_gpu:
         model = model.cuda()
-    # Modules trained beside the Re-ID model (dcac: prompts, adapters); not needed to evaluate.
-    auxiliary = None
-    if hasattr(engine_cls, "build_auxiliary") and not cfg.test.evaluate:
-        with distributed.main_process_first():
-            auxiliary = engine_cls.build_auxiliary(cfg, model, datamanager.num_train_pids)
-        if use_gpu:
-            auxiliary = auxiliary.cuda()
+        auxiliary = auxiliary.cuda() if auxiliary is not None else None
     apply_speed_options(cfg, model, auxiliary)
     trained = nn.ModuleDict({"model": model, "auxiliary": auxiliary}) if auxiliary is not None else model
     optimizer = build_optimizer(cfg, trained)

@@ -46,13 +46,18 @@ def setting_name(sources: Sequence[str], target: str) -> str:
     return "+".join(ABBREVIATIONS.get(domain(s), s) for s in sources) + "->" + ABBREVIATIONS.get(domain(target), target)
 
 
+PAPER_MODEL = "clip_vit_b16"
+
+
 def paper_variant(cfg) -> str:
     """Which row of the paper's tables a config reproduces: ``baseline``, ``dcac``, or ``dcac``
     with the settings that differ from the paper's defaults for its sources, e.g.
-    ``dcac finetune=frozen``, ``dcac condition=instance``, ``dcac transform=silu``, ``dcac rank=16``."""
+    ``dcac finetune=frozen``, ``dcac condition=instance``, ``dcac transform=silu``, ``dcac rank=16``;
+    another model than the paper's CLIP ViT-B/16 is named too (``dcac model=osnet_ain_x1_0``: no paper row)."""
+    model = [] if cfg.model.name == PAPER_MODEL else [f"model={cfg.model.name}"]
     if cfg.engine != "dcac":
-        return cfg.engine
-    changes = []
+        return " ".join([cfg.engine] + model)
+    changes = model
     if cfg.dcac.finetune != "lora":
         changes.append(f"finetune={cfg.dcac.finetune}")
     if cfg.dcac.condition.mode != "correlation":

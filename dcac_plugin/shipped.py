@@ -19,7 +19,7 @@ from .registry import nearest_names
 
 CONFIG_DIR = osp.join(osp.dirname(osp.abspath(__file__)), "configs")
 # Folders of the paper's configs, in the order `dcac configs` lists them; the demo configs
-# (configs/demo_<engine>.yaml) are named without a folder.
+# (configs/demo_<run>.yaml) are named without a folder.
 PAPER_GROUPS = ("single", "multi", "ablations", "toolbox")
 DEMO_GROUP = "demo"
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -34,7 +34,8 @@ def _stem(path: str) -> str:
 
 def shipped_configs() -> Dict[str, str]:
     """``{name: path}`` of every shipped config: ``single/...``, ``multi/...``, ``ablations/...``
-    (the paper's protocols and ablations) and ``demo_<engine>`` (the embedded demo)."""
+    (the paper's protocols and ablations), ``toolbox/...`` (torchreid's models beside DCAC) and
+    ``demo_<run>`` (the embedded demo)."""
     found = {f"{group}/{_stem(path)}": path for group in PAPER_GROUPS
              for path in sorted(glob.glob(osp.join(PAPER_CONFIG_DIR, group, "*.yaml")))}
     found.update({_stem(path): path for path in sorted(glob.glob(osp.join(CONFIG_DIR, "demo_*.yaml")))})

@@ -269,3 +269,15 @@ def test_demo_dcac_on_osnet_differs_from_the_softmax_demo_in_engine_only():
     assert dcac_osnet.loss.softmax == softmax.loss.softmax
     assert dcac_osnet.dcac.diffusion == dcac_vit.dcac.diffusion and dcac_osnet.dcac.lora == dcac_vit.dcac.lora
     assert dcac_osnet.dcac.condition == dcac_vit.dcac.condition
+
+
+def test_experiments_tables_give_toolbox_runs_no_paper_row():
+    from dcac_plugin.experiments import load_paper_results
+    from dcac_plugin.protocols import paper_variant
+
+    variants = {row["variant"] for row in load_paper_results()}
+    for engine in ("softmax", "baseline", "dcac"):
+        cfg = build_config(TOOLBOX_CONFIGS[(engine, "resnet50", "market1501", "msmt17")], [])
+        assert paper_variant(cfg) == f"{engine} model=resnet50" and paper_variant(cfg) not in variants
+    paper = build_config(os.path.join(PAPER_CONFIG_DIR, "single", "dcac_market1501_to_msmt17.yaml"), [])
+    assert paper_variant(paper) == "dcac" and "dcac" in variants

@@ -17,6 +17,7 @@ from ..diffusion import (DiffusionComponents, DiffusionDenoiser, apply_finetune_
                          trainable_state_dict)
 from ..diffusion.latent_cache import LatentCache, vae_fingerprint
 from ..registry import ENGINES
+from ..preparation import prepared_in_rounds
 from ..rng import preserved_rng
 from ..writable import environment_fix, writing
 from .baseline import BaselineEngine
@@ -171,9 +172,9 @@ class DCACEngine(BaselineEngine):
         if self.feedback is None:
             raise RuntimeError("The dcac engine needs its diffusion branch to train (feedback=...).")
         if self.latent_cache_path and self.latent_cache is None:
-            # Rank 0 encodes and writes the cache; the others then read it. Not a training
-            # step: the RNG streams stay where they were (exact resume).
-            with preserved_rng(), distributed.main_process_first():
+            # One process per file system encodes and writes the cache; the others then read
+            # it. Not a training step: the RNG streams stay where they were (exact resume).
+            with preserved_rng(), prepared_in_rounds([self.latent_cache_path]):
                 self.latent_cache = self.build_latent_cache()
         return super().train(*args, **kwargs)
 
