@@ -149,6 +149,17 @@ def all_gather_objects(obj: Any) -> List[Any]:
     return gathered
 
 
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's picklable ``obj`` on every rank (``obj`` itself in a single process); what the
+    other ranks pass is ignored. Only for objects this job made or read itself."""
+    if world_size() == 1:
+        return obj
+    holder = [obj if is_main_process() else None]
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    dist.broadcast_object_list(holder, src=0, device=device)
+    return holder[0]
+
+
 def shard(items: list) -> list:
     """This rank's share of ``items`` (every world_size-th item from its rank)."""
     return list(items)[rank()::world_size()]

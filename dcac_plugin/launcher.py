@@ -229,13 +229,35 @@ def resolve_resume_path(path: str) -> str:
     return path
 
 
-def resume(path: str, model: nn.Module, engine) -> int:
-    """Restore everything a checkpoint of ours holds (weights, optimizer, scheduler, PCL
-    memory, diffusion state, RNG states, results); returns the epoch to start from."""
+def read_training_state(path: str) -> Tuple[str, Dict[str, Any]]:
+    """(checkpoint file, its training state) for ``model.resume``."""
     path = resolve_resume_path(path)
     state = load_checkpoint(path)
     if "epoch" not in state or "optimizer" not in state:
         raise CheckpointError(f"{path} holds weights, not a training state; use model.load_weights to start from it.")
+    return path, state
+
+
+def training_state_from_rank0(path: str) -> Tuple[str, Dict[str, Any]]:
+    """:func:`read_training_state` on rank 0, handed to every rank (collective under torchrun):
+    the checkpoint need only be on rank 0's disk, and every rank resumes from the same file.
+    An error reading it stops every rank with rank 0's message."""
+    read = None
+    if distributed.is_main_process():
+        try:
+            read = ("state", read_training_state(path))
+        except CheckpointError as err:
+            read = ("error", str(err))
+    kind, value = distributed.broadcast_object(read)
+    if kind == "error":
+        raise CheckpointError(value)
+    return value
+
+
+def resume(path: str, model: nn.Module, engine) -> int:
+    """Restore everything a checkpoint of ours holds (weights, optimizer, scheduler, PCL
+    memory, diffusion state, RNG states, results); returns the epoch to start from."""
+    path, state = training_state_from_rank0(path)
     weights = model_state_dict(state)
     check_resumable(model, weights, path)
     try:

@@ -49,7 +49,7 @@ def node_environment(home, audit_log):
             "TQDM_DISABLE": "1"}
 
 
-def run_two_nodes(tmp_path, cwds, homes, data_roots, nproc_per_node=1):
+def run_two_nodes(tmp_path, cwds, homes, data_roots, nproc_per_node=1, opts=()):
     """Both torchrun launches of one job; returns [(returncode, stdout + stderr)] per node."""
     script = tmp_path / "audited_cli.py"
     script.write_text(AUDITED_CLI)
@@ -60,7 +60,7 @@ def run_two_nodes(tmp_path, cwds, homes, data_roots, nproc_per_node=1):
                    str(nproc_per_node), "--node_rank", str(node), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}",
                    "--rdzv-id", "two-node-test", str(script), "train", "--config-file", demo_config_path("dcac"),
                    "--root", str(root), "data.save_dir", "log/run", "train.max_epoch", "1",
-                   "train.batch_size", "16", "train.print_freq", "100"]
+                   "train.batch_size", "16", "train.print_freq", "100", *opts]
         # Output to files, not pipes: a full pipe would stall one node and, through the collectives, both.
         output = open(tmp_path / f"node{node}.out", "w+", encoding="utf-8")
         launches.append((subprocess.Popen(command, cwd=cwd, env=node_environment(home, tmp_path / "audit"),
@@ -139,6 +139,21 @@ def test_two_nodes_with_their_own_disks_prepare_each_disk_once(tmp_path, nproc_p
     assert "0" in leader_ranks and len(leader_ranks) == 2
     assert {rank for rank, _, _ in records} == leader_ranks  # the other processes wrote nothing
     assert not glob.glob(str(tmp_path / "**" / f"{PROBE_PREFIX}*"), recursive=True)
+    if nproc_per_node == 1:
+        resume_from_rank0s_disk(tmp_path, cwds, homes, main)
+
+
+def resume_from_rank0s_disk(tmp_path, cwds, homes, main):
+    """The same job continued to epoch 2 from the checkpoint that only rank 0's machine has (the
+    c10d rendezvous orders the launches the same way again: rank 0 on the same "machine")."""
+    results = run_two_nodes(tmp_path, cwds, homes, [cwd / "reid-data" for cwd in cwds],
+                            opts=["train.max_epoch", "2", "model.resume", "log/run"])
+    assert all(code == 0 for code, _ in results), [out[-3000:] for _, out in results]
+    out = results[main][1]
+    assert "Resumed from log/run/model/latest.pth.tar at epoch 1" in out
+    assert out.count("PCL memory identical on all 2 ranks after epoch 2") == 1
+    assert "model.pth.tar-2" in os.listdir(cwds[main] / "log" / "run" / "model")
+    assert not os.path.exists(cwds[1 - main] / "log" / "run" / "model")
 
 
 def test_two_nodes_sharing_every_folder_write_each_file_from_one_process(tmp_path):
