@@ -81,7 +81,8 @@ def test_printed_transforms_are_the_ones_the_loaders_hold(engine, data_root, cap
     diffusion = blocks.get("Diffusion view transforms (encoded once into the latent cache)")
     assert (diffusion is not None) == (engine == "dcac")
     if diffusion:
-        assert diffusion[0].startswith("Resize(size=(128, 128), interpolation=bicubic")
+        size = build_config(demo_config_path("dcac"), []).dcac.diffusion.image_size  # 64 in the demo
+        assert diffusion[0].startswith(f"Resize(size=({size}, {size}), interpolation=bicubic")
     assert out.count("Train transforms (applied)") == 1  # printed once
     assert reid_data.datamanager.build_transforms is reid_data.transforms.build_transforms  # put back
 
