@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .toolbox_configs import render_toolbox_configs
 from .protocols import (ABBREVIATIONS, MULTI_SOURCE_SETTINGS, SINGLE_SOURCE_PAIRS, condition_temperature_for,
                         lora_rank_for, setting_name)
 
@@ -34,11 +33,28 @@ def _stem(engine: str, sources: Sequence[str], target: str) -> str:
     return f"{engine}_{source}_to_{target}"
 
 
-def _yaml_list(names: Sequence[str]) -> str:
-    return "[" + ", ".join(names) + "]"
+def yaml_list(values: Sequence[object]) -> str:
+    return "[" + ", ".join(str(v) for v in values) + "]"
 
 
-def _test_resize_lines(multi_source: bool) -> List[str]:
+def data_protocol_lines(sources: Sequence[str], target: str) -> List[str]:
+    """The paper's splits: CUHK03-NP detected, MSMT17 with its val images in training."""
+    lines = []
+    if "cuhk03" in list(sources) + [target]:
+        lines += ["cuhk03:", "  labeled_images: False   # CUHK03-NP detected, as in the paper",
+                  "  classic_split: False     # the new protocol (767 / 700 identities)"]
+    if "msmt17" in sources:
+        lines += ["msmt17:", "  train_with_val: True   # list_train + list_val: 32,621 images, 1,041 ids (Table 1)"]
+    return lines
+
+
+def diffusion_source_lines() -> List[str]:
+    """``dcac.diffusion.pretrained``: SD1.5 on the hub, with the other forms it takes."""
+    return ["  diffusion:", "    # a Hugging Face id, a local diffusers folder, or /models/v1-5-pruned.safetensors",
+            f"    pretrained: {SD15}"]
+
+
+def resize_at_test_lines(multi_source: bool) -> List[str]:
     """The test-time resize of the authors' code: its single-source test loader is bilinear
     (torchvision's default), its multi-source one bicubic; training and the memory are bicubic."""
     if multi_source:
@@ -65,8 +81,8 @@ def render_config(engine: str, sources: Sequence[str], target: str, where: str, 
         "  name: clip_vit_b16",
         "  pretrained: True",
         "data:",
-        f"  sources: {_yaml_list(sources)}",
-        f"  targets: {_yaml_list([target])}",
+        f"  sources: {yaml_list(sources)}",
+        f"  targets: {yaml_list([target])}",
         "  workers: 8",
         f"  save_dir: {save_dir}",
         "train:",
@@ -75,19 +91,13 @@ def render_config(engine: str, sources: Sequence[str], target: str, where: str, 
         "  batch_size: 256",
         "  eval_freq: 10",
     ]
-    if "cuhk03" in list(sources) + [target]:
-        lines += ["cuhk03:", "  labeled_images: False   # CUHK03-NP detected, as in the paper",
-                  "  classic_split: False     # the new protocol (767 / 700 identities)"]
-    if "msmt17" in sources:
-        lines += ["msmt17:", "  train_with_val: True   # list_train + list_val: 32,621 images, 1,041 ids (Table 1)"]
+    lines += data_protocol_lines(sources, target)
     lines += ["dcac:", "  clip_weights: openai   # or a local file, e.g. /models/ViT-B-16.pt"]
-    lines += _test_resize_lines(len(sources) > 1)
+    lines += resize_at_test_lines(len(sources) > 1)
     if engine == "dcac":
         lines += [f"  finetune: {ablation.get('finetune', 'lora')}", "  lora:", f"    rank: {rank}", "  condition:"]
         lines += [f"    {key}: {ablation[key]}" for key in ("mode", "transform") if key in ablation]
-        lines += [f"    temperature: {tau}", "  diffusion:",
-                  "    # a Hugging Face id, a local diffusers folder, or /models/v1-5-pruned.safetensors",
-                  f"    pretrained: {SD15}"]
+        lines += [f"    temperature: {tau}"] + diffusion_source_lines()
     return "\n".join(lines) + "\n"
 
 
@@ -118,6 +128,8 @@ def render_paper_configs() -> Dict[str, str]:
         header = (f"# Runs of the paper's {table.replace('table', 'Table ')}: dcac experiments --root DATA {table}\n"
                   f"# (or, in a checkout: dcac experiments --root DATA configs/lists/{table}.txt)\n")
         files[f"lists/{table}.txt"] = header + "\n".join(entries) + "\n"
+    from .toolbox_configs import render_toolbox_configs  # it renders with this module's helpers
+
     files.update(render_toolbox_configs())
     return files
 

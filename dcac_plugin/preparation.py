@@ -85,7 +85,7 @@ def preparation_rounds(sharing: Dict[int, Optional[FrozenSet[int]]]) -> Dict[int
 def _my_round(folders: Sequence[str]) -> tuple:
     """(this process's round, the number of rounds), agreed on by every rank (collective)."""
     info = distributed.current_info()
-    token = distributed.all_gather_objects(uuid.uuid4().hex)[0]
+    token = distributed.broadcast_object(uuid.uuid4().hex)
     leader = info.local_rank == 0
     probes = _leave_probes(folders, token, info.rank) if leader else []
     distributed.barrier()

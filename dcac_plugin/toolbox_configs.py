@@ -16,11 +16,11 @@ images, CUHK03-NP detected):
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
+from .paper_configs import data_protocol_lines, diffusion_source_lines, resize_at_test_lines, yaml_list
 from .protocols import SINGLE_SOURCE_PAIRS, condition_temperature_for, lora_rank_for, setting_name
 
-SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 TOOLBOX_ENGINES = ("softmax", "baseline", "dcac")
 
@@ -43,23 +43,8 @@ TORCHREID_RECIPES: Dict[str, Dict[str, object]] = {
 }
 
 
-def _list(values: Sequence[object]) -> str:
-    return "[" + ", ".join(str(v) for v in values) + "]"
-
-
 def toolbox_config_name(engine: str, model: str, source: str, target: str) -> str:
     return f"toolbox/{engine}_{model}_{source}_to_{target}"
-
-
-def _data_protocol_lines(source: str, target: str) -> List[str]:
-    """The paper's splits, the same for the three engines."""
-    lines = []
-    if "cuhk03" in (source, target):
-        lines += ["cuhk03:", "  labeled_images: False   # CUHK03-NP detected, as in the paper",
-                  "  classic_split: False     # the new protocol (767 / 700 identities)"]
-    if source == "msmt17":
-        lines += ["msmt17:", "  train_with_val: True   # list_train + list_val: 32,621 images, 1,041 ids (Table 1)"]
-    return lines
 
 
 def _softmax_lines(recipe: Dict[str, object]) -> List[str]:
@@ -69,7 +54,7 @@ def _softmax_lines(recipe: Dict[str, object]) -> List[str]:
              f"  batch_size: {recipe['batch_size']}", f"  fixbase_epoch: {recipe['fixbase_epoch']}",
              "  open_layers: [classifier]", f"  lr_scheduler: {recipe['lr_scheduler']}"]
     if recipe["stepsize"]:
-        lines.append(f"  stepsize: {_list(recipe['stepsize'])}")
+        lines.append(f"  stepsize: {yaml_list(recipe['stepsize'])}")
     lines += ["  print_freq: 50",
               "test:", f"  batch_size: {recipe['test_batch_size']}", f"  dist_metric: {recipe['dist_metric']}",
               "  eval_freq: 10",
@@ -83,12 +68,10 @@ def _paper_lines(engine: str, recipe: Dict[str, object], source: str) -> List[st
              f"  optim: {recipe['optim']}   # torchreid's optimiser and lr for this model; the rest: the paper's",
              f"  lr: {recipe['lr']}", "  weight_decay: 0.0005", "  print_freq: 50",
              "test:", "  batch_size: 256", "  eval_freq: 10",
-             "dcac:", "  test_resize_interpolation: bilinear  # the authors' single-source test loader (training: bicubic)"]
+             "dcac:", *resize_at_test_lines(multi_source=False)]
     if engine == "dcac":
         lines += ["  finetune: lora", "  lora:", f"    rank: {lora_rank_for((source,))}", "  condition:",
-                  f"    temperature: {condition_temperature_for((source,))}", "  diffusion:",
-                  "    # a Hugging Face id, a local diffusers folder, or /models/v1-5-pruned.safetensors",
-                  f"    pretrained: {SD15}"]
+                  f"    temperature: {condition_temperature_for((source,))}", *diffusion_source_lines()]
     return lines
 
 
@@ -105,11 +88,11 @@ def render_toolbox_config(engine: str, model: str, source: str, target: str) -> 
              "data:", f"  sources: [{source}]", f"  targets: [{target}]", "  height: 256", "  width: 128",
              "  workers: 8", f"  save_dir: log/{name}"]
     if engine == "softmax":
-        lines += [f"  transforms: {_list(recipe['transforms'])}"]
+        lines += [f"  transforms: {yaml_list(recipe['transforms'])}"]
     else:
-        lines += [f"  norm_mean: {_list(IMAGENET_MEAN)}   # ImageNet's, as the model's pretrained weights",
-                  f"  norm_std: {_list(IMAGENET_STD)}"]
-    lines += _data_protocol_lines(source, target)
+        lines += [f"  norm_mean: {yaml_list(IMAGENET_MEAN)}   # ImageNet's, as the model's pretrained weights",
+                  f"  norm_std: {yaml_list(IMAGENET_STD)}"]
+    lines += data_protocol_lines((source,), target)
     lines += _softmax_lines(recipe) if engine == "softmax" else _paper_lines(engine, recipe, source)
     return "\n".join(lines) + "\n"
 

@@ -96,9 +96,6 @@ class ClipReID(BNNeckReID):
         # Only the patch projection is frozen (paper 5.2: "for stability").
         freeze_as_buffer(self.backbone.conv1, "weight")
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
-
     def source_line(self) -> str:
         return f"CLIP weights: {self.weights_source}"
 

@@ -41,7 +41,7 @@ class BNNeck(nn.BatchNorm1d):
 
 
 class BNNeckReID(nn.Module):
-    """``backbone`` (its feature z from :meth:`features`) + BNNeck + bias-free ID classifier.
+    """``backbone`` (returning the feature z) + BNNeck + bias-free ID classifier.
 
     Train mode returns what the engine asks for through ``loss``: ``softmax`` -> logits
     (torchreid's softmax engine), ``triplet`` -> (logits, z) (torchreid's triplet engine),
@@ -61,16 +61,12 @@ class BNNeckReID(nn.Module):
     # What the backbone was initialised from, for the run log (set by the builders).
     weights_source = "not recorded"
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone's feature z [B, feature_dim] of images ``x``, in the current mode."""
-        raise NotImplementedError
-
     def source_line(self) -> str:
         """One line for the run log: which network, initialised from what."""
-        raise NotImplementedError
+        return f"Re-ID model: {type(self.backbone).__name__}, {self.weights_source}"
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, tuple, ReIDOutput]:
-        z = self.features(x)
+        z = self.backbone(x)  # the backbone's feature [B, feature_dim], in the current mode
         f_bn = self.bnneck(z)
         if not self.training:
             return F.normalize(f_bn, dim=1)

@@ -11,6 +11,7 @@ forward is not touched, so every model whose ``classifier`` is one Linear layer 
 """
 from __future__ import annotations
 
+import functools
 from typing import Union
 
 import torch
@@ -34,6 +35,9 @@ def torchreid_feature_dim(network: nn.Module, name: str) -> int:
 class ToolboxReID(BNNeckReID):
     """A torchreid model (built with ``loss='softmax'``) + BNNeck + bias-free ID classifier.
 
+    By torchreid's conventions the backbone returns v in eval mode, and in train mode with
+    loss 'softmax' classifier(v), which is v once the classifier is an identity.
+
     ``backbone`` is the torchreid model with its classifier replaced by ``nn.Identity``, so
     its state-dict keys are the model's own under ``backbone.`` (its classifier aside).
     """
@@ -46,18 +50,15 @@ class ToolboxReID(BNNeckReID):
         super().__init__(network, feature_dim, num_classes, loss)
         self.model_name = name
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        # torchreid's conventions: eval -> v; train with loss 'softmax' -> classifier(v) = v.
-        return self.backbone(x)
-
     def source_line(self) -> str:
         return (f"Re-ID model: torchreid's {self.model_name or type(self.backbone).__name__}, {self.weights_source}; "
                 f"BNNeck and bias-free classifier on its {self.feature_dim}-d feature")
 
 
+@functools.lru_cache(maxsize=None)
 def check_toolbox_model(name: str) -> None:
     """Refuse, before any data is read, a torchreid model the Re-ID head cannot go on (built
-    on the meta device: no memory, no weights)."""
+    on the meta device: no memory, no weights; once per name, as every check of a config calls it)."""
     from torchreid import models as reid_models
 
     with torch.device("meta"):
