@@ -103,6 +103,9 @@ def get_default_config() -> CN:
     cfg.train.amp = "off"
     cfg.train.gradient_checkpointing = False  # ViT and U-Net blocks recompute activations in backward
     cfg.train.compile = ""  # a torch.compile backend (e.g. inductor) for the Re-ID model and U-Net; '' = off
+    # On the CPU, the U-Net's frozen convolutions with few output rows (batch x positions <= 256:
+    # the 4x4 and 2x2 latents at batch 8) run as one matrix product instead of oneDNN's kernels.
+    cfg.train.cpu_matmul_convolutions = True
     # Under torchrun: the process-group backend ('' = nccl on GPUs, gloo on CPU) and how long a
     # rank may wait for the others (rank 0 evaluates alone while they wait).
     cfg.train.dist_backend = ""

@@ -23,6 +23,7 @@ from . import distributed
 from .checkpoint import (CheckpointError, atomic_write, check_resumable, export_encoder, load_checkpoint, load_model_weights,
                          model_state_dict)
 from .config import ConfigError, device_kwargs, engine_run_kwargs, imagedata_kwargs
+from .cpu_convolution import MAX_MATRIX_PRODUCT_ROWS, use_matrix_product_convolutions
 from .data.layouts import check_datasets
 from .data.loaders import identities_below, rebuild_loaders, skip_unreadable_images, train_items
 from .data.msmt17 import msmt17_train_with_val
@@ -309,11 +310,16 @@ def tee_stdout(path: str):
         tee.file.close()
 
 
-def apply_speed_options(cfg: CN, model: nn.Module, auxiliary: Optional[nn.Module]) -> None:
-    """train.gradient_checkpointing and train.compile on the Re-ID model and the U-Net."""
+def apply_speed_options(cfg: CN, model: nn.Module, auxiliary: Optional[nn.Module], use_gpu: bool) -> None:
+    """train.gradient_checkpointing, train.cpu_matmul_convolutions (without a GPU) and
+    train.compile on the Re-ID model and the U-Net."""
     networks = [model] + ([auxiliary.denoiser.unet] if auxiliary is not None else [])
     if cfg.train.gradient_checkpointing:
         print(f"Gradient checkpointing on {enable_gradient_checkpointing(networks)} networks")
+    if auxiliary is not None and cfg.train.cpu_matmul_convolutions and not use_gpu:
+        count = use_matrix_product_convolutions(auxiliary.denoiser.unet)
+        print(f"CPU: frozen U-Net convolutions of at most {MAX_MATRIX_PRODUCT_ROWS} output rows run as one matrix "
+              f"product ({count} convolutions eligible; train.cpu_matmul_convolutions False keeps oneDNN)")
     if cfg.train.compile:
         compile_modules(networks, backend=cfg.train.compile)
 
@@ -356,7 +362,7 @@ def prepare(cfg: CN) -> PreparedRun:
     if use_gpu:
         model = model.cuda()
         auxiliary = auxiliary.cuda() if auxiliary is not None else None
-    apply_speed_options(cfg, model, auxiliary)
+    apply_speed_options(cfg, model, auxiliary, use_gpu)
     trained = nn.ModuleDict({"model": model, "auxiliary": auxiliary}) if auxiliary is not None else model
     optimizer = build_optimizer(cfg, trained)
     scheduler = build_scheduler(cfg, optimizer)

@@ -71,15 +71,16 @@ def refuse_download(*args, **kwargs):
     raise AssertionError("a download was attempted")
 
 
-def fixed_dcac_batch(engine, model) -> dict:
-    """A fixed two-view batch of 4 identities x 2 images, with the engine's PCL memory built from it.
+def fixed_dcac_batch(engine, model, diffusion_size: int = 128) -> dict:
+    """A fixed two-view batch of 4 identities x 2 images (diffusion views ``diffusion_size``
+    square), with the engine's PCL memory built from it.
 
     Leaves the model in train mode, ready for ``engine.forward_backward(batch)``.
     """
     import torch
 
     torch.manual_seed(1)
-    reid_view, diffusion_view = torch.randn(8, 3, 128, 64), torch.rand(8, 3, 128, 128) * 2 - 1
+    reid_view, diffusion_view = torch.randn(8, 3, 128, 64), torch.rand(8, 3, diffusion_size, diffusion_size) * 2 - 1
     pids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     with torch.no_grad():
         engine.memory.initialize(model.eval()(reid_view), pids)

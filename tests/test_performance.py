@@ -27,7 +27,7 @@ def make_engine(tiny_sd, amp="off", *opts, use_gpu=False):
     cfg = build_config(demo_config_path("dcac"), ["dcac.diffusion.pretrained", tiny_sd, "train.amp", amp, *opts])
     model = models.build_model("clip_vit_tiny", num_classes=4, loss="reid", pretrained=False)
     feedback = build_diffusion_feedback(cfg, 4, model.feature_dim)
-    apply_speed_options(cfg, model, feedback)
+    apply_speed_options(cfg, model, feedback, use_gpu)
     params = list(model.parameters()) + [p for p in feedback.parameters() if p.requires_grad]
     manager = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=4, sources=[])
     engine = DCACEngine(manager, model, torch.optim.SGD(params, lr=0.0), use_gpu=use_gpu, feedback=feedback,

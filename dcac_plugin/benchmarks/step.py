@@ -156,6 +156,7 @@ def _build_networks(cfg: CN, num_classes: int, device: torch.device,
     from ..diffusion import build_diffusion_architecture
     from ..engines.dcac import build_diffusion_feedback
     from ..launcher import build_model
+    from ..cpu_convolution import use_matrix_product_convolutions
     from ..performance import enable_gradient_checkpointing
 
     model = build_model(cfg, num_classes, "reid", use_gpu=device.type == "cuda").to(device)
@@ -163,9 +164,12 @@ def _build_networks(cfg: CN, num_classes: int, device: torch.device,
     if diffusion_configs is not None:
         components = build_diffusion_architecture(diffusion_configs, device=device)
         feedback = build_diffusion_feedback(cfg, num_classes, model.feature_dim, components).to(device)
+    # As the launcher's apply_speed_options, without its log lines (stats prints JSON).
     if cfg.train.gradient_checkpointing:
-        # As the launcher's apply_speed_options, without its log line (stats prints JSON).
         enable_gradient_checkpointing([model] + ([feedback.denoiser.unet] if feedback is not None else []))
+    if feedback is not None and cfg.train.cpu_matmul_convolutions and device.type == "cpu":
+        # Not on meta: FLOP counts and GPU memory plans follow the convolutions a GPU runs.
+        use_matrix_product_convolutions(feedback.denoiser.unet)
     return model, feedback
 
 

@@ -112,7 +112,7 @@ def run_train_benchmark(batch_size: int = 8, steps: int = 5, warmup: int = 2, am
     summary: Dict[str, object] = {
         "device": device_name(dev),
         "batch_size": batch_size, "amp": amp, "latent_cache": latent_cache, "lora_rank": rank,
-        "gradient_checkpointing": gradient_checkpointing, "engines": results,
+        "gradient_checkpointing": gradient_checkpointing, "opts": list(opts), "engines": results,
     }
     if "baseline" in results and "dcac" in results:
         summary["dcac_over_baseline"] = round(results["dcac"]["median_step_s"] / results["baseline"]["median_step_s"], 3)
