@@ -317,9 +317,9 @@ def apply_speed_options(cfg: CN, model: nn.Module, auxiliary: Optional[nn.Module
     if cfg.train.gradient_checkpointing:
         print(f"Gradient checkpointing on {enable_gradient_checkpointing(networks)} networks")
     if auxiliary is not None and cfg.train.cpu_matmul_convolutions and not use_gpu:
-        count = use_matrix_product_convolutions(auxiliary.denoiser.unet)
-        print(f"CPU: frozen U-Net convolutions of at most {MAX_MATRIX_PRODUCT_ROWS} output rows run as one matrix "
-              f"product ({count} convolutions eligible; train.cpu_matmul_convolutions False keeps oneDNN)")
+        use_matrix_product_convolutions(auxiliary.denoiser.unet)
+        print(f"CPU: frozen U-Net convolutions with at most {MAX_MATRIX_PRODUCT_ROWS} output rows (batch x height x "
+              "width) run as one matrix product; train.cpu_matmul_convolutions False keeps oneDNN's kernels")
     if cfg.train.compile:
         compile_modules(networks, backend=cfg.train.compile)
 

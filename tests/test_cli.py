@@ -196,6 +196,8 @@ BAD_INPUT = {
     "demo: unknown key": (["demo", "--save-dir", "{tmp}", "train.lrr", "0.1"], "Did you mean 'train.lr'"),
     "bench: unknown amp": (["bench", "train", "--amp", "nope"], "invalid choice: 'nope'"),
     "bench: unknown device": (["bench", "train", "--device", "nonsense"], "Unknown device 'nonsense'"),
+    "bench: unknown key": (["bench", "train", "train.cpu_matmul_convolution", "False"],
+                           "Did you mean 'train.cpu_matmul_convolutions'"),
     "experiments: unknown table": (["experiments", "--out", "{tmp}", "table99"], "table9"),
     "experiments: missing config": (["experiments", "--out", "{tmp}", "nowhere.yaml"], "Config file not found"),
     "extract: missing run": (["extract", "{tmp}/no-run", "{images}"], "No run directory or checkpoint at"),

@@ -121,3 +121,25 @@ def test_measure_engine_runs_the_built_step(capsys):
     assert figures["engine"] == "baseline" and figures["amp"] == "off"
     assert len(figures["step_times_s"]) == 1 and figures["median_step_s"] > 0
     assert "baseline: step 1/1" in capsys.readouterr().out
+
+
+def _put_and_exit(queue):
+    queue.put({"engine": "baseline"})
+
+
+def test_a_benchmark_process_that_dies_is_an_error_not_a_wait():
+    import multiprocessing
+    import os
+
+    from dcac_plugin.benchmarks.train_bench import _result_of
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=os._exit, args=(3,))  # dies without figures, as when killed for memory
+    child.start()
+    with pytest.raises(RuntimeError, match=r"the dcac benchmark process ended \(exit code 3\) without figures"):
+        _result_of(child, queue, "dcac")
+    child = context.Process(target=_put_and_exit, args=(queue,))
+    child.start()
+    child.join()  # figures put just before the end are still read
+    assert _result_of(child, queue, "baseline") == {"engine": "baseline"}

@@ -12,6 +12,7 @@ ratio against the FLOP ratio (the ratio at equal efficiency).
 from __future__ import annotations
 
 import multiprocessing
+import queue as queue_module
 import statistics
 import time
 from typing import Dict, Optional, Sequence
@@ -58,6 +59,21 @@ def _measure_in_child(queue, kwargs) -> None:
     queue.put(measure_engine(**kwargs))
 
 
+def _result_of(child, queue, name: str) -> Dict[str, object]:
+    """The child's figures; an error if it ends without them (killed for memory, a crash: its
+    traceback, if any, is above), instead of waiting for them for ever."""
+    while child.is_alive():
+        try:
+            return queue.get(timeout=2.0)
+        except queue_module.Empty:
+            pass
+    try:  # it may have put its figures just before it ended
+        return queue.get(timeout=5.0)
+    except queue_module.Empty:
+        raise RuntimeError(f"the {name} benchmark process ended (exit code {child.exitcode}) "
+                           "without figures; see its output above") from None
+
+
 def account_flops(results: Dict[str, Dict[str, object]], step_flops: Dict[str, int]) -> Dict[str, object]:
     """Set each engine's median step time against its counted FLOPs.
 
@@ -90,6 +106,9 @@ def run_train_benchmark(batch_size: int = 8, steps: int = 5, warmup: int = 2, am
 
     dev = checked_device(device)
     device = str(dev)
+    for name in engines:  # a wrong override fails here, in one line, not in a child process
+        benchmark_config(name, amp=amp, rank=rank, gradient_checkpointing=gradient_checkpointing,
+                         latent_cache=latent_cache, opts=opts)
     context = multiprocessing.get_context("spawn")
     results = {}
     for name in engines:
@@ -100,7 +119,7 @@ def run_train_benchmark(batch_size: int = 8, steps: int = 5, warmup: int = 2, am
                       gradient_checkpointing=gradient_checkpointing, opts=list(opts))
         child = context.Process(target=_measure_in_child, args=(queue, kwargs))
         child.start()
-        results[name] = queue.get()
+        results[name] = _result_of(child, queue, name)
         child.join()
     print("Counting the FLOPs of each step (meta device) ...", flush=True)
     step_flops = {name: training_step_flops(benchmark_config(name, amp=amp, rank=rank,
