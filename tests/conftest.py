@@ -86,3 +86,36 @@ def fixed_dcac_batch(engine, model, diffusion_size: int = 128) -> dict:
         engine.memory.initialize(model.eval()(reid_view), pids)
     model.train()
     return {"img": [reid_view, diffusion_view], "pid": pids}
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    """A tiny Stable-Diffusion-shaped model folder (diffusers layout), written once per module."""
+    from dcac_plugin.diffusion import save_tiny_stable_diffusion
+
+    return save_tiny_stable_diffusion(str(tmp_path_factory.mktemp("sd") / "tiny-sd"))
+
+
+def make_engine(tiny_sd, amp="off", *opts, use_gpu=False):
+    """The demo's dcac engine on the tiny CLIP ViT and ``tiny_sd``, 4 identities, with the
+    launcher's speed options and ``KEY VALUE`` overrides ``opts``; (engine, model, feedback)."""
+    from types import SimpleNamespace
+
+    import torch
+    from torchreid import models
+
+    from dcac_plugin.cli import demo_config_path
+    from dcac_plugin.config import build_config
+    from dcac_plugin.engines.dcac import DCACEngine, build_diffusion_feedback
+    from dcac_plugin.launcher import apply_speed_options
+
+    torch.manual_seed(0)
+    cfg = build_config(demo_config_path("dcac"), ["dcac.diffusion.pretrained", tiny_sd, "train.amp", amp, *opts])
+    model = models.build_model("clip_vit_tiny", num_classes=4, loss="reid", pretrained=False)
+    feedback = build_diffusion_feedback(cfg, 4, model.feature_dim)
+    apply_speed_options(cfg, model, feedback, use_gpu)
+    params = list(model.parameters()) + [p for p in feedback.parameters() if p.requires_grad]
+    manager = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=4, sources=[])
+    engine = DCACEngine(manager, model, torch.optim.SGD(params, lr=0.0), use_gpu=use_gpu, feedback=feedback,
+                        amp=cfg.train.amp)
+    return engine, model, feedback

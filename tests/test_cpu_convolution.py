@@ -9,8 +9,7 @@ from dcac_plugin import cpu_convolution
 from dcac_plugin.cpu_convolution import (MAX_MATRIX_PRODUCT_ROWS, MatrixProductConv2d,
                                          use_matrix_product_convolutions)
 
-from conftest import fixed_dcac_batch
-from test_performance import make_engine, tiny_sd  # noqa: F401  (tiny_sd is a fixture)
+from conftest import fixed_dcac_batch, make_engine
 
 
 @pytest.fixture

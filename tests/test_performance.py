@@ -1,38 +1,14 @@
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from torchreid import models
-
 from dcac_plugin.config import build_config
-from dcac_plugin.diffusion import save_tiny_stable_diffusion
 from dcac_plugin.engines import baseline as baseline_module
-from dcac_plugin.engines.dcac import DCACEngine, build_diffusion_feedback
-from dcac_plugin.launcher import apply_speed_options, check_config, resume
+from dcac_plugin.launcher import check_config, resume
 from dcac_plugin.performance import resolve_amp
 from dcac_plugin.cli import demo_config_path
 from dcac_plugin.config import ConfigError
 
-from conftest import fixed_dcac_batch
-
-
-@pytest.fixture(scope="module")
-def tiny_sd(tmp_path_factory):
-    return save_tiny_stable_diffusion(str(tmp_path_factory.mktemp("sd") / "tiny-sd"))
-
-
-def make_engine(tiny_sd, amp="off", *opts, use_gpu=False):
-    torch.manual_seed(0)
-    cfg = build_config(demo_config_path("dcac"), ["dcac.diffusion.pretrained", tiny_sd, "train.amp", amp, *opts])
-    model = models.build_model("clip_vit_tiny", num_classes=4, loss="reid", pretrained=False)
-    feedback = build_diffusion_feedback(cfg, 4, model.feature_dim)
-    apply_speed_options(cfg, model, feedback, use_gpu)
-    params = list(model.parameters()) + [p for p in feedback.parameters() if p.requires_grad]
-    manager = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=4, sources=[])
-    engine = DCACEngine(manager, model, torch.optim.SGD(params, lr=0.0), use_gpu=use_gpu, feedback=feedback,
-                        amp=cfg.train.amp)
-    return engine, model, feedback
+from conftest import fixed_dcac_batch, make_engine
 
 
 def one_step(engine, model, feedback):
