@@ -7,7 +7,7 @@ input-gradient kernel, and on this kind of problem spends more time doing so tha
 multiplying. Unfolding the input (im2col) and multiplying once by the weight matrix as
 stored reads the weights once and runs at GEMM speed: measured on a 2-core AVX-512 CPU, a
 1280-channel 3x3 convolution at 2x2 (batch 8) takes 5-7 ms forward and 6-8 ms for the input
-gradient this way, against 10-30 ms and 25-30 ms through oneDNN. With 256 or more rows
+gradient this way, against 10-32 ms and 25-30 ms through oneDNN. With 512 rows and more
 oneDNN is as fast or faster, so larger convolutions keep it.
 
 The maths is the convolution's (the same products, summed in another order: results agree
