@@ -153,10 +153,10 @@ def _diffusion_configs(cfg: CN) -> Optional[Dict[str, Dict[str, Any]]]:
 def _build_networks(cfg: CN, num_classes: int, device: torch.device,
                     diffusion_configs: Optional[Dict[str, Dict[str, Any]]]):
     """The Re-ID model and, for dcac, the diffusion feedback, randomly initialised on ``device``."""
+    from ..cpu_convolution import use_matrix_product_convolutions
     from ..diffusion import build_diffusion_architecture
     from ..engines.dcac import build_diffusion_feedback
     from ..launcher import build_model
-    from ..cpu_convolution import use_matrix_product_convolutions
     from ..performance import enable_gradient_checkpointing
 
     model = build_model(cfg, num_classes, "reid", use_gpu=device.type == "cuda").to(device)
