@@ -116,7 +116,8 @@ def _add_bench_parser(sub: "argparse._SubParsersAction") -> None:
     bench_train.add_argument("--no-latent-cache", action="store_true", help="encode the diffusion view every step")
     bench_train.add_argument("--gradient-checkpointing", action="store_true")
     add_overrides_argument(bench_train, "KEY VALUE config overrides for both engines' steps, e.g. "
-                                        "train.cpu_matmul_convolutions False" + OPTS_HELP)
+                                        "train.cpu_matmul_convolutions False (after the options; a -- before them "
+                                        "is allowed)")
     bench_eval = bench_sub.add_parser("eval", help="ranking metrics: Market-1501 size vs torchreid, MSMT17 size "
                                                    "end to end from features", formatter_class=HelpFormatter)
     bench_eval.add_argument("--skip-market", action="store_true", help="skip the torchreid comparison (its python path takes about 90 s; its Cython path, where built, a few s)")
