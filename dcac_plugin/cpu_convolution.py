@@ -28,11 +28,6 @@ MAX_MATRIX_PRODUCT_ROWS = 256
 Pair = Tuple[int, int]
 
 
-def _is_pointwise(kernel: Pair, stride: Pair, padding: Pair) -> bool:
-    """A 1x1 convolution without stride or padding: its im2col is the input itself."""
-    return kernel == (1, 1) and stride == (1, 1) and padding == (0, 0)
-
-
 def output_size(size: Pair, kernel: Pair, stride: Pair, padding: Pair, dilation: Pair) -> Pair:
     """Height and width of a convolution's output (the formula of ``nn.Conv2d``'s docs)."""
     return tuple((size[i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1
@@ -45,15 +40,12 @@ class _FrozenConvolutionAsMatrixProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias, stride: Pair, padding: Pair,
                 dilation: Pair) -> torch.Tensor:
-        batch, in_channels, height, width = x.shape
+        batch, _, height, width = x.shape
         out_channels, _, *kernel = weight.shape
         kernel = tuple(kernel)
         out_height, out_width = output_size((height, width), kernel, stride, padding, dilation)
-        if _is_pointwise(kernel, stride, padding):
-            columns = x.permute(0, 2, 3, 1).reshape(-1, in_channels)
-        else:
-            columns = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
-            columns = columns.transpose(1, 2).reshape(batch * out_height * out_width, -1)
+        columns = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+        columns = columns.transpose(1, 2).reshape(batch * out_height * out_width, -1)
         matrix = weight.reshape(out_channels, -1).t()  # a view: the weights as stored, no copy
         out = torch.addmm(bias, columns, matrix) if bias is not None else columns.mm(matrix)
         ctx.save_for_backward(weight)
@@ -65,15 +57,12 @@ class _FrozenConvolutionAsMatrixProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (weight,) = ctx.saved_tensors
-        (batch, in_channels, height, width), kernel, stride, padding, dilation = ctx.geometry
+        (batch, _, height, width), kernel, stride, padding, dilation = ctx.geometry
         out_channels = weight.shape[0]
         rows = grad_output.permute(0, 2, 3, 1).reshape(-1, out_channels)
         grad_columns = rows.mm(weight.reshape(out_channels, -1))
-        if _is_pointwise(kernel, stride, padding):
-            grad_x = grad_columns.view(batch, height, width, in_channels).permute(0, 3, 1, 2).contiguous()
-        else:
-            grad_columns = grad_columns.view(batch, -1, grad_columns.shape[1]).transpose(1, 2)
-            grad_x = F.fold(grad_columns, (height, width), kernel, dilation=dilation, padding=padding, stride=stride)
+        grad_columns = grad_columns.view(batch, -1, grad_columns.shape[1]).transpose(1, 2)
+        grad_x = F.fold(grad_columns, (height, width), kernel, dilation=dilation, padding=padding, stride=stride)
         return grad_x, None, None, None, None, None
 
 

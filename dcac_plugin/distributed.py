@@ -87,8 +87,8 @@ def destroy() -> None:
         dist.destroy_process_group()
 
 
-def _backend_device(tensor: torch.Tensor) -> torch.device:
-    # nccl moves CUDA tensors only; gloo moves CPU tensors.
+def _backend_device() -> torch.device:
+    """Where the process group's backend moves tensors: nccl CUDA ones only, gloo CPU ones."""
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
@@ -99,7 +99,7 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     """
     if world_size() == 1:
         return tensor
-    device = _backend_device(tensor)
+    device = _backend_device()
     local = tensor.to(device).contiguous()
     sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world_size())]
     dist.all_gather(sizes, torch.tensor([local.shape[0]], device=device))
@@ -122,7 +122,7 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
         return
     for buffer in module.buffers():
         if buffer.dtype.is_floating_point or buffer.dtype in (torch.int64, torch.int32):
-            staged = buffer.data.to(_backend_device(buffer))
+            staged = buffer.data.to(_backend_device())
             dist.broadcast(staged, src=0)
             buffer.data.copy_(staged)
 
@@ -132,7 +132,7 @@ def all_ranks_true(flag: bool, device: Optional[torch.device] = None) -> bool:
     if world_size() == 1:
         return bool(flag)
     value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device or "cpu")
-    value = value.to(_backend_device(value))
+    value = value.to(_backend_device())
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
 
@@ -155,8 +155,7 @@ def broadcast_object(obj: Any) -> Any:
     if world_size() == 1:
         return obj
     holder = [obj if is_main_process() else None]
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    dist.broadcast_object_list(holder, src=0, device=device)
+    dist.broadcast_object_list(holder, src=0, device=_backend_device())
     return holder[0]
 
 
