@@ -8,6 +8,8 @@ from typing import Dict, Tuple
 
 # = dcac_plugin.performance.AMP_CHOICES (train.amp and dcac bench train --amp).
 AMP_CHOICES: Tuple[str, ...] = ("auto", "off", "bf16", "fp16")
+# = dcac_plugin.benchmarks.train_bench.SCHEDULES (dcac bench train --schedule).
+BENCH_SCHEDULES: Tuple[str, ...] = ("turns", "sequential")
 # The runs `dcac demo` does, in this order, each from the shipped config demo_<run>: torchreid's softmax engine
 # and dcac on OSNet-x0.25, then baseline and dcac on the tiny CLIP ViT.
 DEMO_RUNS: Tuple[str, ...] = ("softmax", "dcac_osnet", "baseline", "dcac")

@@ -11,7 +11,7 @@ import argparse
 import os.path as osp
 
 from .base import PROG, DcacArgumentParser, HelpFormatter
-from .choices import AMP_CHOICES, DEMO_RUN_SUMMARIES, DEMO_RUNS, ENGINE_SUMMARIES
+from .choices import AMP_CHOICES, BENCH_SCHEDULES, DEMO_RUN_SUMMARIES, DEMO_RUNS, ENGINE_SUMMARIES
 from .overrides import ListThenOverrides, add_overrides_argument
 from .runs import add_experiments_parser, add_export_parser, add_extract_parser, add_visualize_parser
 
@@ -115,6 +115,11 @@ def _add_bench_parser(sub: "argparse._SubParsersAction") -> None:
     bench_train.add_argument("--rank", type=int, default=8, help="LoRA rank")
     bench_train.add_argument("--no-latent-cache", action="store_true", help="encode the diffusion view every step")
     bench_train.add_argument("--gradient-checkpointing", action="store_true")
+    bench_train.add_argument("--schedule", choices=list(BENCH_SCHEDULES), default=None,
+                             help="turns: both engines' processes built first, then one step each in turn (the "
+                                  "default on the CPU: a shared host's changing load falls on both alike; needs "
+                                  "both steps' memory at once); sequential: one engine's steps, then the other's "
+                                  "(the default on a GPU)")
     add_overrides_argument(bench_train, "KEY VALUE config overrides for both engines' steps, e.g. "
                                         "train.cpu_matmul_convolutions False (after the options; a -- before them "
                                         "is allowed)")

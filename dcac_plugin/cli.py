@@ -88,7 +88,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         figures = run_train_benchmark(batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, amp=args.amp,
                                       device=args.device, latent_cache=not args.no_latent_cache, rank=args.rank,
-                                      gradient_checkpointing=args.gradient_checkpointing, opts=args.opts or [])
+                                      gradient_checkpointing=args.gradient_checkpointing, opts=args.opts or [],
+                                      schedule=args.schedule)
     else:
         from .benchmarks.eval_bench import run_eval_benchmark
 

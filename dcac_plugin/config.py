@@ -106,6 +106,9 @@ def get_default_config() -> CN:
     # On the CPU, the U-Net's frozen convolutions with few output rows (batch x positions <= 256:
     # the 4x4 and 2x2 latents at batch 8) run as one matrix product instead of oneDNN's kernels.
     cfg.train.cpu_matmul_convolutions = True
+    # LoRA's rank-r update added into the frozen layer's output by one in-place matrix product
+    # (peft: a product, a scaling and a sum, each a full-width pass); fp32 outside autocast.
+    cfg.train.fused_lora = True
     # Under torchrun: the process-group backend ('' = nccl on GPUs, gloo on CPU) and how long a
     # rank may wait for the others (rank 0 evaluates alone while they wait).
     cfg.train.dist_backend = ""

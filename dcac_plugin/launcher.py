@@ -311,8 +311,8 @@ def tee_stdout(path: str):
 
 
 def apply_speed_options(cfg: CN, model: nn.Module, auxiliary: Optional[nn.Module], use_gpu: bool) -> None:
-    """train.gradient_checkpointing, train.cpu_matmul_convolutions (without a GPU) and
-    train.compile on the Re-ID model and the U-Net."""
+    """train.gradient_checkpointing, train.cpu_matmul_convolutions (without a GPU),
+    train.fused_lora and train.compile on the Re-ID model and the U-Net."""
     networks = [model] + ([auxiliary.denoiser.unet] if auxiliary is not None else [])
     if cfg.train.gradient_checkpointing:
         print(f"Gradient checkpointing on {enable_gradient_checkpointing(networks)} networks")
@@ -320,6 +320,13 @@ def apply_speed_options(cfg: CN, model: nn.Module, auxiliary: Optional[nn.Module
         use_matrix_product_convolutions(auxiliary.denoiser.unet)
         print(f"CPU: frozen U-Net convolutions with at most {MAX_MATRIX_PRODUCT_ROWS} output rows (batch x height x "
               "width) run as one matrix product; train.cpu_matmul_convolutions False keeps oneDNN's kernels")
+    if auxiliary is not None and cfg.train.fused_lora:
+        from .diffusion.fused_lora import use_fused_lora  # peft, imported with the diffusion model
+
+        fused = use_fused_lora(auxiliary.denoiser.unet)
+        if fused:
+            print(f"LoRA: {fused} adapted layers add their update by one in-place matrix product where they run in "
+                  "fp32 outside autocast; train.fused_lora False keeps peft's forward")
     if cfg.train.compile:
         compile_modules(networks, backend=cfg.train.compile)
 

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 import dcac_cli
-from dcac_cli.choices import AMP_CHOICES, CONFIG_KEYS, CONFIG_SECTIONS, DEMO_RUN_SUMMARIES, DEMO_RUNS, ENGINE_SUMMARIES, RUN_LISTS
+from dcac_cli.choices import AMP_CHOICES, BENCH_SCHEDULES, CONFIG_KEYS, CONFIG_SECTIONS, DEMO_RUN_SUMMARIES, DEMO_RUNS, ENGINE_SUMMARIES, RUN_LISTS
 from dcac_cli.dispatch import command_handler
 from dcac_plugin import performance
+from dcac_plugin.benchmarks import train_bench
 from dcac_plugin.cli import demo_config_path
 from dcac_plugin.config import get_default_config
 from dcac_plugin.registry import ENGINES
@@ -87,6 +88,7 @@ def test_every_command_names_an_implementation_that_exists():
 
 def test_parser_choices_are_the_implementations():
     assert AMP_CHOICES == performance.AMP_CHOICES
+    assert BENCH_SCHEDULES == train_bench.SCHEDULES
     assert set(ENGINE_SUMMARIES) == set(ENGINES.names())
     assert {f"demo_{run}" for run in DEMO_RUNS} == {n for n in shipped_configs() if n.startswith("demo_")}
     assert all(os.path.isfile(demo_config_path(run)) for run in DEMO_RUNS)

@@ -143,3 +143,37 @@ def test_a_benchmark_process_that_dies_is_an_error_not_a_wait():
     child.start()
     child.join()  # figures put just before the end are still read
     assert _result_of(child, queue, "baseline") == {"engine": "baseline"}
+
+
+@pytest.mark.parametrize("schedule", ["turns", "sequential"])
+def test_train_benchmark_schedules(schedule, capfd):  # capfd: the sequential children print the steps
+    """Both engines in their own processes (the tiny architectures): in turns, one step each,
+    or one engine's steps after the other's; the summary sets each dcac step against the
+    baseline step before it when they took turns."""
+    from dcac_plugin.benchmarks.train_bench import run_train_benchmark
+
+    summary = run_train_benchmark(batch_size=4, steps=2, warmup=1, device="cpu", opts=TINY, num_classes=8,
+                                  schedule=schedule)
+    lines = [line.strip() for line in capfd.readouterr().out.splitlines() if ": step " in line]
+    names = [line.split(":")[0] for line in lines]
+    if schedule == "turns":
+        assert names == ["baseline", "dcac"] * 3
+    else:
+        assert names == ["baseline"] * 3 + ["dcac"] * 3
+    assert lines[0].endswith("(warm-up)") and not lines[-1].endswith("(warm-up)")
+    assert summary["schedule"] == schedule
+    baseline, dcac = (summary["engines"][name] for name in ("baseline", "dcac"))
+    for figures in (baseline, dcac):
+        assert len(figures["step_times_s"]) == 2 and figures["peak_memory_kind"] == "process peak RSS"
+        assert figures["median_step_s"] == pytest.approx(sum(figures["step_times_s"]) / 2)
+        assert figures["step_tflops"] > 0
+    assert summary["dcac_over_baseline"] == round(dcac["median_step_s"] / baseline["median_step_s"], 3)
+    per_turn = [round(d / b, 3) for b, d in zip(baseline["step_times_s"], dcac["step_times_s"])]
+    assert summary.get("dcac_over_baseline_per_turn") == (per_turn if schedule == "turns" else None)
+
+
+def test_train_benchmark_rejects_an_unknown_schedule():
+    from dcac_plugin.benchmarks.train_bench import run_train_benchmark
+
+    with pytest.raises(ValueError, match="Unknown schedule 'alternate'; choose one of turns, sequential"):
+        run_train_benchmark(device="cpu", opts=TINY, schedule="alternate")

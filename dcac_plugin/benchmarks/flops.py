@@ -43,9 +43,21 @@ def _cpu_attention_formulas() -> Dict[object, Callable]:
             ops._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_flash_attention_backward_flop}
 
 
+def _in_place_addmm_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    (rows, inner), (_, columns) = a_shape, b_shape
+    return 2 * rows * inner * columns  # as the counter's addmm: the product, not the sum
+
+
+def _in_place_product_formulas() -> Dict[object, Callable]:
+    """``addmm_``, which the flop counter does not know: the fused LoRA layers
+    (``train.fused_lora``) add their update into the base layer's output with it."""
+    return {torch.ops.aten.addmm_: _in_place_addmm_flop}
+
+
 def flop_counter_mode() -> flop_counter.FlopCounterMode:
-    """A silent ``FlopCounterMode`` that also counts the CPU attention kernel."""
-    return flop_counter.FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas())
+    """A silent ``FlopCounterMode`` that also counts the CPU attention kernel and ``addmm_``."""
+    return flop_counter.FlopCounterMode(display=False,
+                                        custom_mapping={**_cpu_attention_formulas(), **_in_place_product_formulas()})
 
 
 @dataclass

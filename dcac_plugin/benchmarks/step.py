@@ -155,6 +155,7 @@ def _build_networks(cfg: CN, num_classes: int, device: torch.device,
     """The Re-ID model and, for dcac, the diffusion feedback, randomly initialised on ``device``."""
     from ..cpu_convolution import use_matrix_product_convolutions
     from ..diffusion import build_diffusion_architecture
+    from ..diffusion.fused_lora import use_fused_lora
     from ..engines.dcac import build_diffusion_feedback
     from ..launcher import build_model
     from ..performance import enable_gradient_checkpointing
@@ -170,6 +171,9 @@ def _build_networks(cfg: CN, num_classes: int, device: torch.device,
     if feedback is not None and cfg.train.cpu_matmul_convolutions and device.type == "cpu":
         # Not on meta: FLOP counts and GPU memory plans follow the convolutions a GPU runs.
         use_matrix_product_convolutions(feedback.denoiser.unet)
+    if feedback is not None and cfg.train.fused_lora and device.type != "meta":
+        # Not on meta either: FLOPs are counted per peft module (lora_A, lora_B), as peft runs them.
+        use_fused_lora(feedback.denoiser.unet)
     return model, feedback
 
 
