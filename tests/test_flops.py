@@ -170,6 +170,10 @@ def test_train_benchmark_schedules(schedule, capfd):  # capfd: the sequential ch
     assert summary["dcac_over_baseline"] == round(dcac["median_step_s"] / baseline["median_step_s"], 3)
     per_turn = [round(d / b, 3) for b, d in zip(baseline["step_times_s"], dcac["step_times_s"])]
     assert summary.get("dcac_over_baseline_per_turn") == (per_turn if schedule == "turns" else None)
+    median_per_turn = (round((dcac["step_times_s"][0] / baseline["step_times_s"][0]
+                              + dcac["step_times_s"][1] / baseline["step_times_s"][1]) / 2, 3)
+                       if schedule == "turns" else None)
+    assert summary.get("dcac_over_baseline_per_turn_median") == median_per_turn
 
 
 def test_train_benchmark_rejects_an_unknown_schedule():

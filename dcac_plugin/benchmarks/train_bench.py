@@ -236,9 +236,10 @@ def run_train_benchmark(batch_size: int = 8, steps: int = 5, warmup: int = 2, am
     }
     if "baseline" in results and "dcac" in results:
         summary["dcac_over_baseline"] = round(results["dcac"]["median_step_s"] / results["baseline"]["median_step_s"], 3)
-        if schedule == "turns":  # each dcac step over the baseline step just before it
-            summary["dcac_over_baseline_per_turn"] = [
-                round(dcac / baseline, 3)
-                for baseline, dcac in zip(results["baseline"]["step_times_s"], results["dcac"]["step_times_s"])]
+        if schedule == "turns":  # each dcac step over the baseline step just before it, and their median
+            per_turn = [dcac / baseline
+                        for baseline, dcac in zip(results["baseline"]["step_times_s"], results["dcac"]["step_times_s"])]
+            summary["dcac_over_baseline_per_turn"] = [round(ratio, 3) for ratio in per_turn]
+            summary["dcac_over_baseline_per_turn_median"] = round(statistics.median(per_turn), 3)
     summary.update(accounting)
     return summary
