@@ -3,8 +3,8 @@
 Real-size architectures (CLIP ViT-B/16 Re-ID model; Stable Diffusion v1.5 U-Net with LoRA
 and VAE), randomly initialised, so nothing is downloaded. Each engine is measured in a fresh
 process, so that one's peak memory does not include the other's; on the CPU the two processes
-take their steps in turns, so that both see the same changes in a shared host's load. The step is the engines'
-own ``forward_backward`` on a synthetic batch: the dcac step draws latents from cached VAE
+take their steps in turns, so that both see the same changes in a shared host's load. The
+step is the engines' own ``forward_backward`` on a synthetic batch: the dcac step draws latents from cached VAE
 posteriors (the default), or encodes the diffusion view every step (``latent_cache=False``,
 as the reference does). The same step, built on the meta device, is counted for FLOPs, so
 each engine's time is set against the work it does (TFLOP/s), and the dcac / baseline time
