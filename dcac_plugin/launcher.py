@@ -23,7 +23,7 @@ from . import distributed
 from .checkpoint import (CheckpointError, atomic_write, check_resumable, export_encoder, load_checkpoint, load_model_weights,
                          model_state_dict)
 from .config import ConfigError, device_kwargs, engine_run_kwargs, imagedata_kwargs
-from .cpu_convolution import MAX_MATRIX_PRODUCT_ROWS, use_matrix_product_convolutions
+from .cpu_convolution import MAX_MATRIX_PRODUCT_ROWS
 from .data.layouts import check_datasets
 from .data.loaders import identities_below, rebuild_loaders, skip_unreadable_images, train_items
 from .data.msmt17 import msmt17_train_with_val
@@ -35,7 +35,7 @@ from .engines.common import checkpoint_paths
 from .models import CLIP_MODELS, BNNeckReID, build_toolbox_reid, check_toolbox_model
 from .optim import build_optimizer, build_scheduler
 from .preparation import prepared_in_rounds
-from .performance import AMP_CHOICES, compile_modules, enable_gradient_checkpointing
+from .performance import AMP_CHOICES, compile_modules, enable_gradient_checkpointing, use_faster_unet_kernels
 from .registration import image_dataset_table, model_factory
 from .registry import ENGINES, nearest_name
 from .writable import writing_torch_cache
@@ -316,14 +316,11 @@ def apply_speed_options(cfg: CN, model: nn.Module, auxiliary: Optional[nn.Module
     networks = [model] + ([auxiliary.denoiser.unet] if auxiliary is not None else [])
     if cfg.train.gradient_checkpointing:
         print(f"Gradient checkpointing on {enable_gradient_checkpointing(networks)} networks")
-    if auxiliary is not None and cfg.train.cpu_matmul_convolutions and not use_gpu:
-        use_matrix_product_convolutions(auxiliary.denoiser.unet)
-        print(f"CPU: frozen U-Net convolutions with at most {MAX_MATRIX_PRODUCT_ROWS} output rows (batch x height x "
-              "width) run as one matrix product; train.cpu_matmul_convolutions False keeps oneDNN's kernels")
-    if auxiliary is not None and cfg.train.fused_lora:
-        from .diffusion.fused_lora import use_fused_lora  # peft, imported with the diffusion model
-
-        fused = use_fused_lora(auxiliary.denoiser.unet)
+    if auxiliary is not None:
+        convolutions, fused = use_faster_unet_kernels(cfg, auxiliary.denoiser.unet, "cuda" if use_gpu else "cpu")
+        if convolutions:
+            print(f"CPU: frozen U-Net convolutions with at most {MAX_MATRIX_PRODUCT_ROWS} output rows (batch x height "
+                  "x width) run as one matrix product; train.cpu_matmul_convolutions False keeps oneDNN's kernels")
         if fused:
             print(f"LoRA: {fused} adapted layers add their update by one in-place matrix product where they run in "
                   "fp32 outside autocast; train.fused_lora False keeps peft's forward")

@@ -1,4 +1,5 @@
-"""Speed and memory options: mixed precision, gradient checkpointing, torch.compile.
+"""Speed and memory options: mixed precision, gradient checkpointing, torch.compile, and the
+U-Net's faster kernels (matrix-product convolutions on the CPU, fused LoRA updates).
 
 None changes the maths; each only trades numerical precision (amp) or time (checkpointing)
 or compilation time (compile) for speed or memory. Attention already runs through PyTorch's
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -95,3 +96,22 @@ def compile_modules(modules: Iterable[nn.Module], backend: str = "inductor") -> 
     """``nn.Module.compile`` in place: parameters and state-dict keys are unchanged."""
     for module in modules:
         module.compile(backend=backend)
+
+
+def use_faster_unet_kernels(cfg, unet: nn.Module, device_type: str) -> Tuple[int, int]:
+    """train.cpu_matmul_convolutions (on the CPU only) and train.fused_lora (on any real
+    device) on ``unet``, in place; returns (convolutions swapped, LoRA layers fused).
+
+    Neither applies on ``meta``: the FLOP counts and GPU memory plans built there follow what
+    a GPU runs, with peft's LoRA modules (its FLOPs are counted per ``lora_A`` / ``lora_B``).
+    """
+    from .cpu_convolution import use_matrix_product_convolutions
+
+    convolutions = fused = 0
+    if cfg.train.cpu_matmul_convolutions and device_type == "cpu":
+        convolutions = use_matrix_product_convolutions(unet)
+    if cfg.train.fused_lora and device_type != "meta":
+        from .diffusion.fused_lora import use_fused_lora  # peft, imported with the diffusion model
+
+        fused = use_fused_lora(unet)
+    return convolutions, fused

@@ -88,6 +88,19 @@ def fixed_dcac_batch(engine, model, diffusion_size: int = 128) -> dict:
     return {"img": [reid_view, diffusion_view], "pid": pids}
 
 
+def one_dcac_step(engine, model, feedback, diffusion_size: int = 128):
+    """One ``forward_backward`` on :func:`fixed_dcac_batch`; (loss summary, gradients of the
+    Re-ID model and, prefixed ``fb.``, of the diffusion feedback)."""
+    import torch
+
+    batch = fixed_dcac_batch(engine, model, diffusion_size=diffusion_size)
+    torch.manual_seed(7)
+    summary = engine.forward_backward(batch)
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads.update({f"fb.{n}": p.grad.detach().clone() for n, p in feedback.named_parameters() if p.grad is not None})
+    return summary, grads
+
+
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):
     """A tiny Stable-Diffusion-shaped model folder (diffusers layout), written once per module."""

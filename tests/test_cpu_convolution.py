@@ -9,7 +9,7 @@ from dcac_plugin import cpu_convolution
 from dcac_plugin.cpu_convolution import (MAX_MATRIX_PRODUCT_ROWS, MatrixProductConv2d,
                                          use_matrix_product_convolutions)
 
-from conftest import fixed_dcac_batch, make_engine
+from conftest import make_engine, one_dcac_step
 
 
 @pytest.fixture
@@ -119,12 +119,7 @@ def test_dcac_step_gives_the_same_losses_and_gradients_as_onednn(tiny_sd, matrix
         unet = feedback.denoiser.unet
         swapped = sum(isinstance(m, MatrixProductConv2d) for m in unet.modules())
         convolutions = sum(isinstance(m, nn.Conv2d) for m in unet.modules())
-        engine_batch = fixed_dcac_batch(engine, model, diffusion_size=diffusion_size)
-        torch.manual_seed(7)
-        summary = engine.forward_backward(engine_batch)
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        grads.update({f"fb.{n}": p.grad.clone() for n, p in feedback.named_parameters() if p.grad is not None})
-        return summary, grads, swapped, convolutions
+        return (*one_dcac_step(engine, model, feedback, diffusion_size), swapped, convolutions)
 
     onednn, onednn_grads, none_swapped, convolutions = step(False)
     assert none_swapped == 0 and matrix_product_calls == []

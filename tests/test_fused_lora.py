@@ -10,7 +10,7 @@ from torch import nn
 from dcac_plugin.diffusion import fused_lora
 from dcac_plugin.diffusion.fused_lora import FusedLoraLinear, use_fused_lora
 
-from conftest import fixed_dcac_batch, make_engine
+from conftest import make_engine, one_dcac_step
 
 
 @pytest.fixture
@@ -169,12 +169,7 @@ def test_dcac_step_gives_the_same_losses_and_gradients_as_peft(tiny_sd, fused_ca
                 nn.init.normal_(param, std=0.5)
         layers = sum(isinstance(m, LoraLinear) for m in unet.modules())
         fused = sum(isinstance(m, FusedLoraLinear) for m in unet.modules())
-        engine_batch = fixed_dcac_batch(engine, model, diffusion_size=32)
-        torch.manual_seed(7)
-        summary = engine.forward_backward(engine_batch)
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        grads.update({f"fb.{n}": p.grad.clone() for n, p in feedback.named_parameters() if p.grad is not None})
-        return summary, grads, layers, fused
+        return (*one_dcac_step(engine, model, feedback, diffusion_size=32), layers, fused)
 
     reference, reference_grads, layers, none_fused = step(False)
     assert none_fused == 0 and fused_calls == [] and "LoRA:" not in capsys.readouterr().out

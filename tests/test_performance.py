@@ -8,28 +8,19 @@ from dcac_plugin.performance import resolve_amp
 from dcac_plugin.cli import demo_config_path
 from dcac_plugin.config import ConfigError
 
-from conftest import fixed_dcac_batch, make_engine
-
-
-def one_step(engine, model, feedback):
-    batch = fixed_dcac_batch(engine, model)
-    torch.manual_seed(7)
-    summary = engine.forward_backward(batch)
-    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    grads.update({f"fb.{n}": p.grad.detach().clone() for n, p in feedback.named_parameters() if p.grad is not None})
-    return summary, grads
+from conftest import make_engine, one_dcac_step
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_sd):
-    return one_step(*make_engine(tiny_sd))
+    return one_dcac_step(*make_engine(tiny_sd))
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_matches_fp32_within_precision(tiny_sd, reference, amp):
     engine, model, feedback = make_engine(tiny_sd, amp)
     assert engine.scaler.is_enabled() == (amp == "fp16")
-    summary, grads = one_step(engine, model, feedback)
+    summary, grads = one_dcac_step(engine, model, feedback)
     ref_summary, ref_grads = reference
     for term in ("loss_id", "loss_pcl", "loss_dif"):
         assert summary[term] == pytest.approx(ref_summary[term], rel=0.05), term
@@ -44,7 +35,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_sd, refer
     engine, model, feedback = make_engine(tiny_sd, "off", "train.gradient_checkpointing", "True")
     assert model.backbone.transformer.grad_checkpointing
     assert feedback.denoiser.unet.is_gradient_checkpointing
-    summary, grads = one_step(engine, model, feedback)
+    summary, grads = one_dcac_step(engine, model, feedback)
     ref_summary, ref_grads = reference
     assert summary["loss"] == pytest.approx(ref_summary["loss"], rel=1e-5)
     for name, grad in ref_grads.items():
@@ -55,7 +46,7 @@ def test_compile_option_keeps_results(tiny_sd, reference):
     engine, model, feedback = make_engine(tiny_sd, "off", "train.compile", "eager")
     assert model._compiled_call_impl is not None and feedback.denoiser.unet._compiled_call_impl is not None
     assert "backbone.conv1.weight" in model.state_dict()  # in-place compile keeps the keys
-    summary, _ = one_step(engine, model, feedback)
+    summary, _ = one_dcac_step(engine, model, feedback)
     assert summary["loss"] == pytest.approx(reference[0]["loss"], rel=1e-5)
 
 
@@ -110,7 +101,7 @@ def test_engine_resolves_auto_once_before_its_scaler_and_reports_it(tiny_sd, mon
 
 
 def test_auto_step_on_the_cpu_equals_the_fp32_step_exactly(tiny_sd, reference):
-    summary, grads = one_step(*make_engine(tiny_sd, "auto"))
+    summary, grads = one_dcac_step(*make_engine(tiny_sd, "auto"))
     ref_summary, ref_grads = reference
     assert summary == ref_summary
     assert set(grads) == set(ref_grads) and all(torch.equal(grads[n], ref_grads[n]) for n in grads)
@@ -119,7 +110,7 @@ def test_auto_step_on_the_cpu_equals_the_fp32_step_exactly(tiny_sd, reference):
 def test_resolved_fp16_scaler_state_survives_checkpoint_and_resume(tiny_sd, monkeypatch, tmp_path):
     monkeypatch.setattr(baseline_module, "resolve_amp", lambda mode, device: "fp16" if mode == "auto" else mode)
     engine, model, feedback = make_engine(tiny_sd, "auto")
-    one_step(engine, model, feedback)
+    one_dcac_step(engine, model, feedback)
     saved = engine.scaler.state_dict()
     assert saved["_growth_tracker"] == 1  # the step moved the scaler on
     engine.write_checkpoints(0, 0.0, str(tmp_path))
@@ -128,7 +119,7 @@ def test_resolved_fp16_scaler_state_survives_checkpoint_and_resume(tiny_sd, monk
     assert resumed.scaler.state_dict() != saved
     assert resume(str(tmp_path), resumed_model, resumed) == 1
     assert resumed.scaler.state_dict() == saved
-    one_step(resumed, resumed_model, resumed_feedback)  # and it trains on from there
+    one_dcac_step(resumed, resumed_model, resumed_feedback)  # and it trains on from there
     assert resumed.scaler.state_dict()["_growth_tracker"] == 2
 
     # The same checkpoint resumed where auto resolves to off (e.g. on the CPU): no scaler to restore.

@@ -44,8 +44,7 @@ def _cpu_attention_formulas() -> Dict[object, Callable]:
 
 
 def _in_place_addmm_flop(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
-    (rows, inner), (_, columns) = a_shape, b_shape
-    return 2 * rows * inner * columns  # as the counter's addmm: the product, not the sum
+    return flop_counter.mm_flop(a_shape, b_shape)  # as the counter's addmm: the product, not the sum
 
 
 def _in_place_product_formulas() -> Dict[object, Callable]:

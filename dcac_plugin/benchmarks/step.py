@@ -153,12 +153,10 @@ def _diffusion_configs(cfg: CN) -> Optional[Dict[str, Dict[str, Any]]]:
 def _build_networks(cfg: CN, num_classes: int, device: torch.device,
                     diffusion_configs: Optional[Dict[str, Dict[str, Any]]]):
     """The Re-ID model and, for dcac, the diffusion feedback, randomly initialised on ``device``."""
-    from ..cpu_convolution import use_matrix_product_convolutions
     from ..diffusion import build_diffusion_architecture
-    from ..diffusion.fused_lora import use_fused_lora
     from ..engines.dcac import build_diffusion_feedback
     from ..launcher import build_model
-    from ..performance import enable_gradient_checkpointing
+    from ..performance import enable_gradient_checkpointing, use_faster_unet_kernels
 
     model = build_model(cfg, num_classes, "reid", use_gpu=device.type == "cuda").to(device)
     feedback = None
@@ -168,12 +166,8 @@ def _build_networks(cfg: CN, num_classes: int, device: torch.device,
     # As the launcher's apply_speed_options, without its log lines (stats prints JSON).
     if cfg.train.gradient_checkpointing:
         enable_gradient_checkpointing([model] + ([feedback.denoiser.unet] if feedback is not None else []))
-    if feedback is not None and cfg.train.cpu_matmul_convolutions and device.type == "cpu":
-        # Not on meta: FLOP counts and GPU memory plans follow the convolutions a GPU runs.
-        use_matrix_product_convolutions(feedback.denoiser.unet)
-    if feedback is not None and cfg.train.fused_lora and device.type != "meta":
-        # Not on meta either: FLOPs are counted per peft module (lora_A, lora_B), as peft runs them.
-        use_fused_lora(feedback.denoiser.unet)
+    if feedback is not None:
+        use_faster_unet_kernels(cfg, feedback.denoiser.unet, device.type)
     return model, feedback
 
 
