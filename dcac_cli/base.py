@@ -31,6 +31,38 @@ class DcacArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{error_line(message)}\n{self.format_usage()}")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (``--steps``, ``--batch-size``)."""
+    return _bounded_int(text, 1, "a whole number of at least 1")
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0 (``--warmup``)."""
+    return _bounded_int(text, 0, "a whole number of at least 0")
+
+
+def _bounded_int(text: str, lowest: int, wanted: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"{value} is not {wanted}")
+    return value
+
+
+def bench_setting(text: str) -> str:
+    """An argparse type: ``AMP:cache`` or ``AMP:encode`` (``dcac bench train --settings``),
+    checked here, without torch, against the names the benchmark accepts."""
+    from .choices import AMP_CHOICES, LATENT_INPUTS
+
+    amp, sep, latents = text.partition(":")
+    if not sep or amp not in AMP_CHOICES or latents not in LATENT_INPUTS:
+        raise argparse.ArgumentTypeError(f"{text!r}: use AMP:{'|'.join(LATENT_INPUTS)} with AMP one of "
+                                         f"{', '.join(AMP_CHOICES)} (e.g. fp16:encode)")
+    return text
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Defaults shown after each option's help; descriptions and epilogs (engine lists,
     examples) printed as written."""

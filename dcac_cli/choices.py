@@ -10,6 +10,8 @@ from typing import Dict, Tuple
 AMP_CHOICES: Tuple[str, ...] = ("auto", "off", "bf16", "fp16")
 # = dcac_plugin.benchmarks.train_bench.SCHEDULES (dcac bench train --schedule).
 BENCH_SCHEDULES: Tuple[str, ...] = ("turns", "sequential")
+# = dcac_plugin.benchmarks.train_bench.LATENT_INPUTS (the second half of dcac bench train --settings AMP:LATENTS).
+LATENT_INPUTS: Tuple[str, ...] = ("cache", "encode")
 # The runs `dcac demo` does, in this order, each from the shipped config demo_<run>: torchreid's softmax engine
 # and dcac on OSNet-x0.25, then baseline and dcac on the tiny CLIP ViT.
 DEMO_RUNS: Tuple[str, ...] = ("softmax", "dcac_osnet", "baseline", "dcac")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 
-from .base import PROG, DcacArgumentParser, HelpFormatter
+from .base import PROG, DcacArgumentParser, HelpFormatter, bench_setting, non_negative_int, positive_int
 from .choices import AMP_CHOICES, BENCH_SCHEDULES, DEMO_RUN_SUMMARIES, DEMO_RUNS, ENGINE_SUMMARIES
 from .overrides import ListThenOverrides, add_overrides_argument
 from .runs import add_experiments_parser, add_export_parser, add_extract_parser, add_visualize_parser
@@ -106,15 +106,26 @@ def _add_bench_parser(sub: "argparse._SubParsersAction") -> None:
                                                      "the meta device), baseline vs dcac (real-size architectures, "
                                                      "random init)",
                                        formatter_class=HelpFormatter)
-    bench_train.add_argument("--batch-size", type=int, default=8)
-    bench_train.add_argument("--steps", type=int, default=5, help="measured steps (after warm-up)")
-    bench_train.add_argument("--warmup", type=int, default=2)
+    bench_train.add_argument("--batch-size", type=positive_int, default=8)
+    bench_train.add_argument("--steps", type=positive_int, default=5, help="measured steps (after warm-up)")
+    bench_train.add_argument("--warmup", type=non_negative_int, default=2)
     bench_train.add_argument("--amp", default="off", choices=list(AMP_CHOICES),
-                             help="auto: bf16 on GPUs that support it, else fp16 on a GPU, off on the CPU")
+                             help="auto: as train.amp auto resolves it for the device")
+    bench_train.add_argument("--settings", nargs="+", type=bench_setting, metavar="AMP:LATENTS", default=None,
+                             help="several settings in one run, each AMP:cache (latents drawn from cached VAE "
+                                  "posteriors) or AMP:encode (the VAE encodes every step, as the paper's Table 6), "
+                                  "e.g. --settings fp16:encode fp16:cache bf16:cache; the baseline is measured once "
+                                  "per precision and FLOPs counted once per step; instead of --amp and "
+                                  "--no-latent-cache")
     bench_train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     bench_train.add_argument("--rank", type=int, default=8, help="LoRA rank")
     bench_train.add_argument("--no-latent-cache", action="store_true", help="encode the diffusion view every step")
     bench_train.add_argument("--gradient-checkpointing", action="store_true")
+    bench_train.add_argument("--plan", action="store_true",
+                             help="also plan each step's peak memory as `dcac stats` does (meta device) and set it "
+                                  "beside the measured peak")
+    bench_train.add_argument("--json-out", metavar="FILE", default=None,
+                             help="also write the figures there, rewritten after every measurement")
     bench_train.add_argument("--schedule", choices=list(BENCH_SCHEDULES), default=None,
                              help="turns: both engines' processes built first, then one step each in turn (the "
                                   "default on the CPU: a shared host's changing load falls on both alike; needs "
@@ -127,6 +138,9 @@ def _add_bench_parser(sub: "argparse._SubParsersAction") -> None:
                                                    "end to end from features", formatter_class=HelpFormatter)
     bench_eval.add_argument("--skip-market", action="store_true", help="skip the torchreid comparison (its python path takes about 90 s; its Cython path, where built, a few s)")
     bench_eval.add_argument("--skip-msmt", action="store_true")
+    bench_eval.add_argument("--no-reference", action="store_true",
+                            help="skip torchreid's reference timings (its python path runs on the CPU for about a "
+                                 "minute); on a GPU our result is still checked against ours on the CPU")
     bench_eval.add_argument("--device", default="cpu",
                             help="cpu or cuda: where our ranking runs (the Market-size distance matrix, the MSMT-size "
                                  "features); torchreid's reference always runs on the CPU")

@@ -84,17 +84,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
     if args.what == "train":
-        from .benchmarks.train_bench import run_train_benchmark
+        from .benchmarks.train_bench import Setting, run_train_benchmark, run_train_settings
 
-        figures = run_train_benchmark(batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, amp=args.amp,
-                                      device=args.device, latent_cache=not args.no_latent_cache, rank=args.rank,
-                                      gradient_checkpointing=args.gradient_checkpointing, opts=args.opts or [],
-                                      schedule=args.schedule)
+        options = dict(batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, device=args.device,
+                       rank=args.rank, gradient_checkpointing=args.gradient_checkpointing, opts=args.opts or [],
+                       schedule=args.schedule, plan=args.plan, json_out=args.json_out)
+        if args.settings:
+            if args.amp != "off" or args.no_latent_cache:
+                raise UsageError("--settings names each setting's precision and latents; leave out --amp and "
+                                 "--no-latent-cache")
+            figures = run_train_settings([Setting.parse(text) for text in args.settings], **options)
+            print(json.dumps(figures, indent=2))
+            failed = [name for name, entry in figures["settings"].items() if "error" in entry]
+            return 1 if failed else 0
+        figures = run_train_benchmark(amp=args.amp, latent_cache=not args.no_latent_cache, **options)
     else:
         from .benchmarks.eval_bench import run_eval_benchmark
 
         figures = run_eval_benchmark(include_market=not args.skip_market, include_msmt=not args.skip_msmt,
-                                     device=args.device)
+                                     torchreid_reference=not args.no_reference, device=args.device)
     print(json.dumps(figures, indent=2))
     return 0
 

@@ -16,6 +16,11 @@ dcac_plugin`` is needed for the environment and the summary), has three commands
     config`` builds it), ``torchrun`` by torchrun's own parser and then its ``-m dcac_plugin.cli``
     part as above, ``pytest`` by collecting the tests (``--collect-only``). Prints JSON; exit
     status 0 when every command is valid.
+``verify STEP_DIR``
+    Whether a GPU step that exited 0 really ran on CUDA as asked, read from its own output
+    (weights on a CUDA device, CUDA-event timings and CUDA memory, the precision asked for,
+    for torchrun the ranks' agreeing PCL memories); exit status 1 with the reason otherwise,
+    so that no CPU figure passes as a GPU figure.
 ``summary --work DIR ...``
     Prints the summary: per step its status (ok, failed, timeout, skipped, dry-run), seconds,
     command and log, and the figures read from its output (the benchmarks' JSON, a training
@@ -165,13 +170,7 @@ def train_figures(save_dir: str, stdout: str) -> Dict[str, Any]:
     """A training run's results (``results.json``: mAP, Rank-1 per target), the precision its
     engine reported and torchreid's ``Elapsed`` line."""
     figures: Dict[str, Any] = {"save_dir": save_dir}
-    summary = None
-    if save_dir:
-        text = read_text(os.path.join(save_dir, "results.json"))
-        try:
-            summary = json.loads(text) if text else None
-        except ValueError:
-            summary = None
+    summary = read_json(os.path.join(save_dir, "results.json")) if save_dir else None
     if isinstance(summary, dict):
         figures["world_size"] = summary.get("world_size")
         figures["results"] = {target: {key: values.get(key) for key in ("mAP", "rank1", "mINP", "epoch")}
@@ -184,6 +183,12 @@ def train_figures(save_dir: str, stdout: str) -> Dict[str, Any]:
     elapsed = re.findall(r"^Elapsed (\S+)", stdout, flags=re.MULTILINE)
     if elapsed:
         figures["elapsed"] = elapsed[-1]
+    weights = re.findall(r"^\s*Weights on: (\S+)", stdout, flags=re.MULTILINE)
+    if weights:
+        figures["weights_on"] = sorted(set(weights))
+    agreed = re.findall(r"^PCL memory identical on all (\d+) ranks after epoch (\d+)", stdout, flags=re.MULTILINE)
+    if agreed:
+        figures["pcl_memories_identical"] = {"ranks": int(agreed[-1][0]), "epochs": [int(e) for _, e in agreed]}
     return figures
 
 
@@ -202,12 +207,30 @@ def pytest_figures(stdout: str) -> Dict[str, Any]:
     return {"counts": counts, "tests": tests}
 
 
+# Lines that end a failed step's output without saying what failed: banners, torchrun's
+# failure report, pytest's separators.
+_NOT_THE_ERROR = re.compile(r"^([=\-_*#~ ]+|.*ChildFailedError.*|Failures:|<NO_OTHER_FAILURES>|Root Cause.*|\[\d+\]:|"
+                            r"(time|host|rank|exitcode|error_file|traceback)\s*:.*|.*dcac_plugin\.cli FAILED.*|"
+                            r"To enable traceback see:.*)$")
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt)|AssertionError|KeyboardInterrupt)(:|$)")
+_RANK_PREFIX = re.compile(r"^\[(default)?rank\d+\]:\s*")
+
+
 def error_excerpt(stdout: str, stderr: str) -> Optional[str]:
-    """The last non-empty line of stderr (else stdout): usually the error that ended the step."""
+    """The line that says why a step failed: the last ``dcac: error:`` line, else the last
+    exception line of a traceback (a torchrun child's ``[rankN]:`` prefix removed; not
+    torchrun's own ``ChildFailedError``), else the last line that is not a banner or part of
+    torchrun's failure report; stderr first, then stdout."""
     for text in (stderr, stdout):
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        if lines:
-            return lines[-1][:ERROR_CHARS]
+        lines = [_RANK_PREFIX.sub("", line.strip()) for line in text.splitlines() if line.strip()]
+        for wanted in (lambda line: line.startswith("dcac: error:"),
+                       lambda line: bool(_EXCEPTION_LINE.match(line)) and "ChildFailedError" not in line):
+            found = [line for line in lines if wanted(line)]
+            if found:
+                return found[-1][:ERROR_CHARS]
+        meaningful = [line for line in lines if not _NOT_THE_ERROR.match(line)]
+        if meaningful:
+            return meaningful[-1][:ERROR_CHARS]
     return None
 
 
@@ -234,15 +257,18 @@ def step_summary(step_dir: str, validation: Optional[Dict[str, Any]] = None) -> 
         entry["log"] = {"stdout": os.path.join(step_dir, "stdout"), "stderr": os.path.join(step_dir, "stderr")}
         if status != "ok":
             entry["error"] = error_excerpt(stdout, stderr)
-        entry["figures"] = _figures(meta.get("kind", ""), meta, stdout, stderr)
+        entry["figures"] = _figures(meta.get("kind", ""), meta, stdout, stderr, step_dir)
     if validation is not None and meta.get("name") in validation:
         entry["validation"] = validation[meta["name"]]
     return entry
 
 
-def _figures(kind: str, meta: Dict[str, str], stdout: str, stderr: str) -> Any:
-    if kind == "bench":  # the benchmark's own JSON, as printed
-        return last_json_block(stdout)
+def _figures(kind: str, meta: Dict[str, str], stdout: str, stderr: str, step_dir: str = "") -> Any:
+    if kind == "bench":  # the figures file the benchmark rewrote as it went, else its JSON as printed
+        written = read_json(os.path.join(step_dir, "figures.json")) if step_dir else None
+        return written if written is not None else last_json_block(stdout)
+    if kind == "deps":
+        return read_json(os.path.join(step_dir, "dependencies.json")) if step_dir else None
     if kind == "train":
         return train_figures(meta.get("save_dir", ""), stdout)
     if kind == "pytest":
@@ -258,6 +284,15 @@ def _figures(kind: str, meta: Dict[str, str], stdout: str, stderr: str) -> Any:
         return {"all_valid": data.get("all_valid"), "checked": len(commands),
                 "invalid": sorted(name for name, result in commands.items() if not result.get("valid"))}
     return None
+
+
+def read_json(path: str) -> Any:
+    """A JSON file's document, or None where it is missing or not (yet) valid JSON."""
+    text = read_text(path)
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
 
 
 def _number(text: str) -> Any:
@@ -299,6 +334,114 @@ def summary(work: str, mode: str, budget_s: float, elapsed_s: float, log_dir: st
     result.update({"exit_status": exit_status, "budget_s": budget_s, "elapsed_s": round(elapsed_s, 1),
                    "counts": counts, "steps": steps, "environment": env, "log_dir": log_dir, "work_dir": work})
     return result
+
+
+# ----------------------------------------------------------------------------- no CPU figure as a GPU figure
+
+# Our ranking on CUDA against ours on the CPU, on the same float64 distance matrix.
+RANKING_TOLERANCE = 1e-6
+
+
+def verify_step(step_dir: str) -> Optional[str]:
+    """``None`` where a GPU step's own output shows that it ran on CUDA as asked (weights on a
+    CUDA device, CUDA timings and memory, the precision asked for); else the reason it does not."""
+    meta = read_meta(step_dir)
+    kind = meta.get("kind", "")
+    stdout, stderr = read_text(os.path.join(step_dir, "stdout")), read_text(os.path.join(step_dir, "stderr"))
+    figures = _figures(kind, meta, stdout, stderr, step_dir)
+    argv = read_argv(step_dir)
+    if kind == "bench" and "train" in argv:
+        return _verify_train_bench(figures, _words_after(argv, "--settings"))
+    if kind == "bench":
+        return _verify_eval_bench(figures)
+    if kind == "train":
+        processes = _words_after(argv, "--nproc_per_node")[:1]
+        return _verify_training(figures, meta, int(processes[0]) if processes else 1,
+                                int((_words_after(argv, "train.max_epoch") or ["0"])[0]))
+    if kind == "pytest":
+        return _verify_pytest(figures)
+    return f"no GPU check for a step of kind {kind!r}"
+
+
+def _words_after(argv: Sequence[str], flag: str) -> List[str]:
+    """The words after ``flag`` up to the next option or config key (``--x``, ``a.b``)."""
+    if flag not in argv:
+        return []
+    words = []
+    for word in argv[argv.index(flag) + 1:]:
+        if word.startswith("-") or ("." in word and not word[0].isdigit()):
+            break
+        words.append(word)
+    return words
+
+
+def _on_cuda(places: Any) -> bool:
+    return isinstance(places, list) and bool(places) and all(str(place).startswith("cuda") for place in places)
+
+
+def _verify_train_bench(figures: Any, settings: Sequence[str]) -> Optional[str]:
+    if not isinstance(figures, dict) or not isinstance(figures.get("settings"), dict):
+        return "the benchmark wrote no figures"
+    for name in settings:
+        entry = figures["settings"].get(name)
+        if entry is None:
+            return f"setting {name}: not measured"
+        if "error" in entry:
+            return f"setting {name}: {entry['error']}"
+        for engine, result in (entry.get("engines") or {}).items():
+            if not _on_cuda(result.get("parameter_devices")):
+                return f"setting {name}: the {engine} step's weights were on {result.get('parameter_devices')}"
+            if result.get("peak_memory_kind") != "cuda max allocated" or result.get("median_cuda_step_s") is None:
+                return f"setting {name}: the {engine} step has no CUDA memory or CUDA-event figures"
+            if result.get("amp") != entry.get("amp"):
+                return f"setting {name}: the {engine} step ran in {result.get('amp')}, not {entry.get('amp')}"
+    return None
+
+
+def _verify_eval_bench(figures: Any) -> Optional[str]:
+    if not isinstance(figures, dict):
+        return "the benchmark printed no figures"
+    parts = {"the run": figures.get("device"), **{part: (figures.get(part) or {}).get("device")
+                                                  for part in ("market", "msmt") if part in figures}}
+    for part, place in parts.items():
+        if not str(place).startswith("cuda"):
+            return f"{part} ranked on {place}, not on CUDA"
+    market = figures.get("market") or {}
+    for key in ("max_abs_diff_cmc_vs_cpu", "abs_diff_mAP_vs_cpu"):
+        if key in market and not market[key] <= RANKING_TOLERANCE:
+            return f"our ranking on CUDA differs from ours on the CPU: {key} {market[key]}"
+    if "msmt" in figures and "peak_cuda_memory_gb" not in figures["msmt"]:
+        return "the MSMT17-size part reports no CUDA memory"
+    return None
+
+
+def _verify_training(figures: Dict[str, Any], meta: Dict[str, str], processes: int, epochs: int) -> Optional[str]:
+    precision = figures.get("mixed_precision") or ""
+    if not precision.endswith(", cuda)"):
+        return f"the engine reported 'Mixed precision: {precision or '(no line)'}', not a CUDA run"
+    if not _on_cuda(figures.get("weights_on")):
+        return f"the weights were on {figures.get('weights_on') or '(no line)'}"
+    if not figures.get("results"):
+        return f"no results.json in {meta.get('save_dir')}"
+    if processes > 1:
+        if figures.get("world_size") != processes:
+            return f"{processes} processes asked for, results.json says world size {figures.get('world_size')}"
+        agreed = figures.get("pcl_memories_identical") or {}
+        if agreed.get("ranks") != processes or epochs not in agreed.get("epochs", []):
+            return f"no 'PCL memory identical on all {processes} ranks after epoch {epochs}' line"
+    return None
+
+
+def _verify_pytest(figures: Dict[str, Any]) -> Optional[str]:
+    counts, tests = figures.get("counts") or {}, figures.get("tests") or {}
+    if counts.get("failed") or counts.get("errors"):
+        return f"pytest: {counts}"
+    if not counts.get("passed"):
+        return "pytest: no test passed"
+    elsewhere = [name for name in tests if "cuda" not in name.lower()]
+    if elsewhere:
+        return f"pytest ran tests without a CUDA variant: {', '.join(elsewhere[:3])}"
+    return None
 
 
 # ----------------------------------------------------------------------------- validation
@@ -440,6 +583,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     env.add_argument("--out", required=True)
     validate = sub.add_parser("validate")
     validate.add_argument("steps_dir")
+    verify = sub.add_parser("verify")
+    verify.add_argument("step_dir")
     summ = sub.add_parser("summary")
     summ.add_argument("--work", required=True)
     summ.add_argument("--mode", required=True)
@@ -464,6 +609,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"[device_check] {name}: {verdict}", file=sys.stderr)
         print(json.dumps(result, indent=2))
         return 0 if result["all_valid"] else 1
+    if args.command == "verify":
+        reason = verify_step(args.step_dir)
+        if reason:
+            print(reason, file=sys.stderr)
+        return 1 if reason else 0
     result = summary(args.work, args.mode, args.budget, args.elapsed, args.log_dir, args.env, args.exit_status,
                      args.note)
     text = json.dumps(result, indent=2)

@@ -13,6 +13,8 @@ from typing import Any, List, Optional
 import torch
 import torch.distributed as dist
 
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -51,12 +53,26 @@ def init_distributed(use_gpu: bool, backend: str = "", timeout_minutes: float = 
     if not info.enabled or is_initialized():
         return current_info() if is_initialized() else info
     backend = backend or ("nccl" if use_gpu else "gloo")
-    if backend == "nccl":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.dist_backend nccl needs CUDA GPUs; use gloo (or use_gpu False) on CPU.")
-        torch.cuda.set_device(info.local_rank)
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise UsageError("train.dist_backend nccl needs CUDA GPUs; use gloo (or use_gpu False) on CPU.")
+    if use_gpu or backend == "nccl":
+        torch.cuda.set_device(process_gpu(info.local_rank, torch.cuda.device_count(), backend))
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     return current_info()
+
+
+def process_gpu(local_rank: int, visible_gpus: int, backend: str) -> int:
+    """The GPU a process of this machine trains on: its local rank's. nccl refuses two ranks on
+    one GPU, so more processes than GPUs is an error there; gloo (collectives staged through
+    the CPU) shares the GPUs round-robin, which lets a one-GPU machine run several processes,
+    e.g. to test a distributed run."""
+    if local_rank < visible_gpus:
+        return local_rank
+    if backend == "nccl":
+        raise UsageError(f"Process with LOCAL_RANK {local_rank} but {visible_gpus} GPU(s) visible: nccl needs one GPU "
+                           "per process; start at most that many (--nproc_per_node), or use train.dist_backend gloo "
+                           "to share GPUs between processes.")
+    return local_rank % visible_gpus
 
 
 def current_info() -> DistInfo:

@@ -1,40 +1,49 @@
 #!/usr/bin/env bash
-# Every GPU figure dcac-reid owes, measured in one go on one CUDA GPU, in at most about 8 minutes:
+# Every GPU figure dcac-reid owes, measured in one go on one CUDA GPU, in at most 8 minutes:
 #
-#   bench_train_bf16  dcac bench train --device cuda --batch-size 64 --amp bf16   (step times, dcac/baseline, peak memory)
-#   bench_train_fp16  the same with --amp fp16
-#   bench_eval_cuda   dcac bench eval --device cuda   (our ranking on CUDA; torchreid's reference on the CPU)
-#   train_amp_bf16    a 2-epoch demo_dcac training on CUDA in bf16   (mAP / Rank-1, time)
-#   torchrun_nccl     the same through torchrun, one process, backend nccl, train.amp auto
-#   pytest_cuda       the tests with a CUDA variant (pytest -k cuda: our ranking on CUDA tensors, bench eval's parts)
+#   dependencies     dcac_plugin and every dependency imported, their versions and pins (no GPU step runs
+#                    if one is missing; the wheels of what the machine lacks travel in .whl/, installed first)
+#   bench_train      dcac bench train --device cuda --batch-size 64 --settings fp16:encode fp16:cache bf16:cache
+#                    --plan: step times (CUDA events and wall), dcac/baseline, max allocated and reserved
+#                    memory beside the `dcac stats` plan; fp16:encode is the paper's Table 6 setting
+#   bench_eval_cuda  dcac bench eval --device cuda --no-reference (our ranking on CUDA, checked against ours
+#                    on the CPU; no CPU timing of torchreid's reference)
+#   train_cuda       a 2-epoch demo_dcac training on the GPU in fp16 with the gradient scaler (mAP, Rank-1)
+#   torchrun_ddp     the same in bf16 through torchrun, 2 processes on the one GPU (gloo on CUDA tensors; nccl
+#                    refuses two ranks on one GPU), checking that both ranks' PCL memories agree
+#   pytest_cuda      the tests with a CUDA variant (pytest -k cuda)
 #
-# Every step runs under its own timeout and a total budget (--budget, default 450 s); a step that
-# fails or times out is recorded and the next one runs. stdout: one line saying what the machine has,
-# then "----- device_check summary (JSON) -----" and the summary (per step: status ok / failed /
-# timeout / skipped, seconds, command, log files, the figures read from its output). Step logs and
-# outputs go to a fresh temporary folder (printed in the summary as work_dir); where $OUT is set (the
-# GPU runner returns what is written there) also device_check.log (all steps' output) and
+# Every step runs under its own timeout and a total budget (--budget, default 480 s, from the script's
+# start); the step timeouts add up to less. A step that fails or times out is recorded and the next one
+# runs. A GPU step that exits 0 still fails unless its output shows it ran on CUDA (weights on a CUDA
+# device, CUDA timings and memory, the precision asked for). stdout: one line saying what the machine
+# has, then "----- device_check summary (JSON) -----" and the summary (per step: status ok / failed /
+# timeout / skipped, seconds, command, log files, its real error line, the figures read from its
+# output). The summary file is rewritten after every step, so a run killed midway still reports. Step
+# logs and outputs go to a fresh temporary folder (printed in the summary as work_dir); where $OUT is
+# set (the GPU runner returns what is written there) also device_check.log (all steps' output) and
 # device_check.json (the summary) there. Never into the working tree.
 #
-# Without a CUDA GPU it says so in one line, runs quick CPU-side checks only (the bench-eval plumbing,
-# the refusal of --device cuda, and every GPU step's command checked by the parsers that will read
-# it), prints the summary with the GPU steps skipped, and exits 0 when those checks pass.
+# Without a CUDA GPU it says so in one line, runs quick CPU-side checks only (the dependencies, the
+# bench-eval plumbing, the refusal of --device cuda, and every GPU step's command checked by the parsers
+# that will read it), prints the summary with the GPU steps skipped, and exits 0 when those checks pass.
 #
 # usage: bash scripts/device_check.sh [--dry-run] [--only STEP[,STEP...]] [--budget SECONDS] [--step-timeout SECONDS]
 #   --dry-run          print and check the GPU steps' commands, run none of them
 #   --only             run only these GPU steps (e.g. to rerun one that failed)
-#   --budget           total seconds for the steps (default 450); a step gets at most what is left
-#   --step-timeout     one timeout for every step instead of each step's own
+#   --budget           total seconds from the start (default 480); a step gets at most what is left
+#   --step-timeout     one timeout for every GPU step instead of each step's own
 # environment: PYTHON (default python3, else python), TMPDIR, OUT, DCAC_CACHE (default: in the work
-# folder), DEVICE_CHECK_DCAC / DEVICE_CHECK_TORCHRUN (commands instead of "$PYTHON -m dcac_plugin.cli"
-# and "$PYTHON -m torch.distributed.run"), DEVICE_CHECK_ASSUME_GPU=1 (take the GPU path without
-# asking torch: for testing this script with stand-in commands).
+# folder), DEVICE_CHECK_WHEELS (default .whl in the checkout: wheels to install first, see
+# scripts/device_wheels.sh), DEVICE_CHECK_DCAC / DEVICE_CHECK_TORCHRUN (commands instead of
+# "$PYTHON -m dcac_plugin.cli" and "$PYTHON -m torch.distributed.run"), DEVICE_CHECK_ASSUME_GPU=1 (take
+# the GPU path without asking torch: for testing this script with stand-in commands).
 set -u
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
 HELPER="$REPO/dcac_plugin/device_check.py"
-GPU_STEPS="bench_train_bf16 bench_train_fp16 bench_eval_cuda train_amp_bf16 torchrun_nccl pytest_cuda"
+GPU_STEPS="bench_train bench_eval_cuda train_cuda torchrun_ddp pytest_cuda"
 
 usage() {  # the comment block above `set -u`
     sed -n '2,/^set -u/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -52,7 +61,7 @@ is_count() {
 
 DRY_RUN=0
 ONLY=""
-BUDGET=450
+BUDGET=480
 STEP_TIMEOUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -120,17 +129,18 @@ cd "$REPO" || exit 1
 
 # ------------------------------------------------------------------ steps
 # add_step NAME KIND GPU(0/1) TIMEOUT SAVE_DIR -- COMMAND...: one folder per step, the command
-# written NUL-separated (what runs is what `validate` checks), meta as key=value lines.
+# written NUL-separated (what runs is what `validate` checks; a word @STEP@ becomes the step's folder,
+# where a command may write its figures), meta as key=value lines.
 STEP_COUNT=0
 STEP_LIST=()
 add_step() {
-    local name=$1 kind=$2 gpu=$3 limit=$4 save_dir=$5
+    local name=$1 kind=$2 gpu=$3 limit=$4 save_dir=$5 word
     shift 6
     STEP_COUNT=$((STEP_COUNT + 1))
     local dir
     dir=$(printf '%s/%02d_%s' "$STEPS" "$STEP_COUNT" "$name")
     mkdir -p "$dir"
-    printf '%s\0' "$@" >"$dir/argv"
+    for word in "$@"; do printf '%s\0' "${word//@STEP@/$dir}"; done >"$dir/argv"
     printf 'name=%s\nkind=%s\ngpu=%s\ntimeout_s=%s\nsave_dir=%s\n' "$name" "$kind" "$gpu" "$limit" "$save_dir" >"$dir/meta"
     STEP_LIST+=("$dir")
 }
@@ -146,24 +156,28 @@ quoted() {  # the command of a step folder, shell-quoted
     printf '%q ' "${argv[@]}" | sed 's/ $//'
 }
 
+# The step timeouts (with the dependency check's) add up to 450 s, inside the 480 s budget.
 define_gpu_steps() {
-    add_step bench_train_bf16 bench 1 180 "" -- \
-        "${DCAC[@]}" bench train --device cuda --batch-size 64 --amp bf16 --steps 10 --warmup 3
-    add_step bench_train_fp16 bench 1 180 "" -- \
-        "${DCAC[@]}" bench train --device cuda --batch-size 64 --amp fp16 --steps 10 --warmup 3
-    add_step bench_eval_cuda bench 1 180 "" -- \
-        "${DCAC[@]}" bench eval --device cuda
-    add_step train_amp_bf16 train 1 150 "$RUNS/train_amp_bf16" -- \
+    add_step bench_train bench 1 190 "" -- \
+        "${DCAC[@]}" bench train --device cuda --batch-size 64 --settings fp16:encode fp16:cache bf16:cache \
+        --steps 12 --warmup 4 --plan --json-out @STEP@/figures.json
+    add_step bench_eval_cuda bench 1 40 "" -- \
+        "${DCAC[@]}" bench eval --device cuda --no-reference
+    add_step train_cuda train 1 60 "$RUNS/train_cuda" -- \
         "${DCAC[@]}" train --config-file demo_dcac --root "$DATA" \
-        train.max_epoch 2 train.amp bf16 use_gpu True data.save_dir "$RUNS/train_amp_bf16"
-    add_step torchrun_nccl train 1 150 "$RUNS/torchrun_nccl" -- \
-        "${TORCHRUN[@]}" --standalone --nproc_per_node 1 -m dcac_plugin.cli train --config-file demo_dcac \
-        --root "$DATA" train.max_epoch 2 train.amp auto use_gpu True train.dist_backend nccl \
-        data.save_dir "$RUNS/torchrun_nccl"
-    meta_set "${STEP_LIST[-1]}" note "one process: WORLD_SIZE 1, for which the launcher starts no process group, so this checks torchrun's GPU path, not nccl's collectives (those need 2+ GPUs)"
-    add_step pytest_cuda pytest 1 120 "" -- \
-        "$PYTHON" -m pytest -q -p no:cacheprovider -rA tests/test_evaluation.py tests/test_performance.py \
-        tests/test_device_check.py -k cuda
+        train.max_epoch 2 train.amp fp16 use_gpu True data.save_dir "$RUNS/train_cuda"
+    add_step torchrun_ddp train 1 90 "$RUNS/torchrun_ddp" -- \
+        "${TORCHRUN[@]}" --standalone --nproc_per_node 2 -m dcac_plugin.cli train --config-file demo_dcac \
+        --root "$DATA" train.max_epoch 2 train.amp bf16 use_gpu True train.dist_backend gloo \
+        data.save_dir "$RUNS/torchrun_ddp"
+    meta_set "${STEP_LIST[-1]}" note "2 processes on one GPU: gloo moves CUDA tensors through the CPU (nccl refuses two ranks on one GPU); DDP, the distributed sampler and the PCL memories' agreement are what it checks"
+    add_step pytest_cuda pytest 1 40 "" -- \
+        "$PYTHON" -m pytest -q -p no:cacheprovider -rA tests/test_evaluation.py tests/test_device_check.py \
+        tests/test_device_steps.py -k cuda
+}
+
+define_dependency_step() {
+    add_step dependencies deps 0 30 "" -- "$PYTHON" "$HELPER" deps --out @STEP@/dependencies.json
 }
 
 define_cpu_steps() {
@@ -202,7 +216,7 @@ run_step() {
     name=$(meta_get "$dir" name)
     kind=$(meta_get "$dir" kind)
     limit=$(meta_get "$dir" timeout_s)
-    [ -z "$STEP_TIMEOUT" ] || limit=$STEP_TIMEOUT
+    [ -z "$STEP_TIMEOUT" ] || [ "$(meta_get "$dir" gpu)" != 1 ] || limit=$STEP_TIMEOUT
     if [ -n "$INTERRUPTED" ]; then
         meta_set "$dir" status skipped
         meta_set "$dir" reason "interrupted (SIG$INTERRUPTED) before this step"
@@ -254,6 +268,15 @@ run_step() {
         status=failed
         [ "$kind" != pytest ] || [ "$rc" -ne 5 ] || reason="pytest selected no test"
     fi
+    if [ "$status" = ok ] && [ "$(meta_get "$dir" gpu)" = 1 ] && [ "$MODE" = gpu ]; then
+        # Exit status 0 is not enough: the output must show the step ran on CUDA, as asked.
+        if ! reason=$(timeout --kill-after=10 60 "$PYTHON" "$HELPER" verify "$dir" 2>&1); then
+            status=failed
+            reason="not a GPU result: $(printf '%s' "$reason" | tail -n 1)"
+        else
+            reason=""
+        fi
+    fi
     meta_set "$dir" status "$status"
     meta_set "$dir" rc "$rc"
     meta_set "$dir" seconds "$seconds"
@@ -262,14 +285,83 @@ run_step() {
     progress "$name: $status (exit status $rc, $seconds s)"
 }
 
+# ------------------------------------------------------------------ the summary
+write_summary() {  # write_summary [print]: device_check.json rewritten (and printed with "print")
+    local target=/dev/null
+    [ "${1:-}" != print ] || target=/dev/stdout
+    timeout --kill-after=10 120 "$PYTHON" "$HELPER" summary --work "$WORK" --mode "$MODE" --budget "$BUDGET" \
+        --elapsed "$(elapsed)" --log-dir "$LOG_DIR" --env "$ENV_JSON" --exit-status "$EXIT" --note "$NOTE" \
+        --json-out "$LOG_DIR/device_check.json" >"$target" 2>"$WORK/summary.err"
+}
+
+fallback_summary() {  # the statuses alone, from the step folders, where the helper itself failed
+    local sep="" dir
+    {
+        printf '{"device_check": "scripts/device_check.sh", "mode": "%s", "exit_status": %s, ' "$MODE" "$EXIT"
+        printf '"summary_error": "the summary helper failed, see %s", "steps": {' "$WORK/summary.err"
+        for dir in "$STEPS"/*/; do
+            printf '%s"%s": {"status": "%s", "rc": "%s", "seconds": "%s"}' "$sep" "$(meta_get "$dir" name)" \
+                "$(meta_get "$dir" status)" "$(meta_get "$dir" rc)" "$(meta_get "$dir" seconds)"
+            sep=", "
+        done
+        printf '}, "work_dir": "%s"}\n' "$WORK"
+    } | tee "$LOG_DIR/device_check.json"
+}
+
+run_steps() {  # run_steps DIR...: each in turn, the summary file rewritten after each
+    local dir
+    for dir in "$@"; do
+        meta_set "$dir" status running
+        write_summary || true
+        run_step "$dir"
+        case "$(meta_get "$dir" status)" in ok | skipped | dry-run) ;; *) EXIT=1 ;; esac
+        write_summary || true
+    done
+}
+
+skip_steps() {  # skip_steps REASON DIR...
+    local reason=$1 dir
+    shift
+    for dir in "$@"; do
+        meta_set "$dir" status skipped
+        meta_set "$dir" reason "$reason"
+    done
+}
+
+# ------------------------------------------------------------------ the carried wheels
+# What the GPU machine lacks travels as wheels (scripts/device_wheels.sh fills .whl/); they are
+# installed into a folder of the work folder, first on PYTHONPATH, never into the machine's Python.
+WHEELS=${DEVICE_CHECK_WHEELS:-$REPO/.whl}
+WHEEL_LINE=""
+install_carried_wheels() {
+    local -a wheels
+    shopt -s nullglob
+    wheels=("$WHEELS"/*.whl)
+    shopt -u nullglob
+    [ "${#wheels[@]}" -gt 0 ] || return 0
+    local site="$WORK/site-packages"
+    if timeout --kill-after=10 120 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target "$site" "${wheels[@]}" >"$WORK/wheels.log" 2>&1; then
+        export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+        WHEEL_LINE="${#wheels[@]} carried wheels installed into $site"
+    else
+        WHEEL_LINE="installing the ${#wheels[@]} carried wheels failed: $(tail -n 1 "$WORK/wheels.log")"
+    fi
+    progress "$WHEEL_LINE"
+}
+
 # ------------------------------------------------------------------ what this machine has
 ENV_JSON="$WORK/environment.json"
+MODE=cpu
+EXIT=0
+NOTE=""
+install_carried_wheels
 if [ "${DEVICE_CHECK_ASSUME_GPU:-0}" = 1 ]; then
     printf '{"cuda_available": true, "assumed": "DEVICE_CHECK_ASSUME_GPU=1"}\n' >"$ENV_JSON"
     ENV_LINE="GPU assumed (DEVICE_CHECK_ASSUME_GPU=1), torch not asked"
     HAVE_GPU=1
 else
-    ENV_LINE=$(timeout --kill-after=10 180 "$PYTHON" "$HELPER" env --out "$ENV_JSON" 2>"$WORK/environment.err")
+    ENV_LINE=$(timeout --kill-after=10 60 "$PYTHON" "$HELPER" env --out "$ENV_JSON" 2>"$WORK/environment.err")
     ENV_RC=$?
     if [ "$ENV_RC" -eq 0 ]; then
         HAVE_GPU=1
@@ -281,70 +373,52 @@ else
         fi
     fi
 fi
+[ -z "$WHEEL_LINE" ] || ENV_LINE="$ENV_LINE; $WHEEL_LINE"
 
+define_dependency_step
+DEPENDENCY_STEP=${STEP_LIST[0]}
+STEP_LIST=()
 define_gpu_steps
 GPU_STEP_DIRS=("${STEP_LIST[@]}")
-EXIT=0
-NOTE=""
 if [ "$DRY_RUN" = 1 ]; then
     MODE=dry-run
     echo "device_check: dry run: the GPU steps' commands, printed and checked, none run ($ENV_LINE)"
+    skip_steps "dry run" "$DEPENDENCY_STEP"
     for dir in "${GPU_STEP_DIRS[@]}"; do
         echo "  $(meta_get "$dir" name) (timeout $(meta_get "$dir" timeout_s) s): $(quoted "$dir")"
         meta_set "$dir" status dry-run
     done
     STEP_LIST=()
     add_step gpu_commands_parse validate 0 240 "" -- "$PYTHON" "$HELPER" validate "$STEPS"
-    run_step "${STEP_LIST[0]}"
-    [ "$(meta_get "${STEP_LIST[0]}" status)" = ok ] || EXIT=1
+    run_steps "${STEP_LIST[@]}"
 elif [ "$HAVE_GPU" = 1 ]; then
     MODE=gpu
     echo "device_check: $ENV_LINE: running the GPU steps ($([ -n "$ONLY" ] && echo "only $ONLY" || echo "$GPU_STEPS")) within ${BUDGET} s"
-    for dir in "${GPU_STEP_DIRS[@]}"; do
-        name=$(meta_get "$dir" name)
-        if [ -n "$ONLY" ] && case " $ONLY " in *" $name "*) false ;; *) true ;; esac; then
-            meta_set "$dir" status skipped
-            meta_set "$dir" reason "not in --only"
-            continue
-        fi
-        run_step "$dir"
-        case "$(meta_get "$dir" status)" in ok | skipped) ;; *) EXIT=1 ;; esac
-    done
+    run_steps "$DEPENDENCY_STEP"
+    if case "$(meta_get "$DEPENDENCY_STEP" status)" in failed | timeout) true ;; *) false ;; esac; then
+        skip_steps "dependencies: $(tail -n 1 "$DEPENDENCY_STEP/stderr" 2>/dev/null)" "${GPU_STEP_DIRS[@]}"
+    else
+        for dir in "${GPU_STEP_DIRS[@]}"; do
+            name=$(meta_get "$dir" name)
+            if [ -n "$ONLY" ] && case " $ONLY " in *" $name "*) false ;; *) true ;; esac; then
+                skip_steps "not in --only" "$dir"
+                continue
+            fi
+            run_steps "$dir"
+        done
+    fi
 else
-    MODE=cpu
     echo "device_check: no CUDA GPU here ($ENV_LINE): GPU steps skipped, CPU-side checks only"
-    for dir in "${GPU_STEP_DIRS[@]}"; do
-        meta_set "$dir" status skipped
-        meta_set "$dir" reason "no CUDA GPU: $ENV_LINE"
-    done
+    skip_steps "no CUDA GPU: $ENV_LINE" "${GPU_STEP_DIRS[@]}"
     STEP_LIST=()
     define_cpu_steps
-    for dir in "${STEP_LIST[@]}"; do
-        run_step "$dir"
-        case "$(meta_get "$dir" status)" in ok | skipped) ;; *) EXIT=1 ;; esac
-    done
+    run_steps "$DEPENDENCY_STEP" "${STEP_LIST[@]}"
 fi
 if [ -n "$INTERRUPTED" ]; then
     EXIT=$([ "$INTERRUPTED" = INT ] && echo 130 || echo 143)
     NOTE="interrupted by SIG$INTERRUPTED"
 fi
 
-# ------------------------------------------------------------------ summary
 echo "----- device_check summary (JSON) -----"
-if ! timeout --kill-after=10 120 "$PYTHON" "$HELPER" summary --work "$WORK" --mode "$MODE" --budget "$BUDGET" \
-    --elapsed "$(elapsed)" --log-dir "$LOG_DIR" --env "$ENV_JSON" --exit-status "$EXIT" --note "$NOTE" \
-    --json-out "$LOG_DIR/device_check.json" 2>"$WORK/summary.err"; then
-    # The helper failed: the statuses alone, from the step folders, so that the run still reports.
-    {
-        printf '{"device_check": "scripts/device_check.sh", "mode": "%s", "exit_status": %s, ' "$MODE" "$EXIT"
-        printf '"summary_error": "the summary helper failed, see %s", "steps": {' "$WORK/summary.err"
-        sep=""
-        for dir in "$STEPS"/*/; do
-            printf '%s"%s": {"status": "%s", "rc": "%s", "seconds": "%s"}' "$sep" "$(meta_get "$dir" name)" \
-                "$(meta_get "$dir" status)" "$(meta_get "$dir" rc)" "$(meta_get "$dir" seconds)"
-            sep=", "
-        done
-        printf '}, "work_dir": "%s"}\n' "$WORK"
-    } | tee "$LOG_DIR/device_check.json"
-fi
+write_summary print || fallback_summary
 exit "$EXIT"

@@ -117,3 +117,15 @@ def test_torchrun_resume_matches_an_uninterrupted_two_process_run_bitwise(data_r
     assert torch.equal(straight["engine_state"]["pcl_memory"], resumed["engine_state"]["pcl_memory"])
     for rank in (0, 1):
         assert torch.equal(straight["rng"][rank]["torch"], resumed["rng"][rank]["torch"])
+
+
+def test_processes_get_their_local_ranks_gpu_and_gloo_shares_gpus_where_there_are_fewer():
+    from dcac_plugin.distributed import process_gpu
+    from dcac_plugin.errors import UsageError
+
+    assert [process_gpu(rank, 4, "nccl") for rank in range(4)] == [0, 1, 2, 3]
+    # Two processes on a one-GPU machine (the device check's DDP run): gloo puts both on GPU 0.
+    assert [process_gpu(rank, 1, "gloo") for rank in range(2)] == [0, 0]
+    assert [process_gpu(rank, 2, "gloo") for rank in range(4)] == [0, 1, 0, 1]
+    with pytest.raises(UsageError, match=r"LOCAL_RANK 1 but 1 GPU\(s\) visible: nccl needs one GPU per process"):
+        process_gpu(1, 1, "nccl")

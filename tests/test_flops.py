@@ -1,6 +1,9 @@
 """FLOPs of the training steps and of inference (paper Table 6), counted on the meta device,
 and the FLOP accounting of ``dcac bench train``."""
+import json
+
 import pytest
+import torch
 
 from dcac_plugin.benchmarks.flops import count_flops, flops_report, forward_flop_counts, training_step_flops
 from dcac_plugin.benchmarks.step import benchmark_config, build_training_step
@@ -181,3 +184,133 @@ def test_train_benchmark_rejects_an_unknown_schedule():
 
     with pytest.raises(ValueError, match="Unknown schedule 'alternate'; choose one of turns, sequential"):
         run_train_benchmark(device="cpu", opts=TINY, schedule="alternate")
+
+
+# ----------------------------------------------------------------------------- several settings in one run
+
+
+def fake_engine_figures(name, amp, device):
+    return {"engine": name, "amp": amp, "parameter_devices": [device], "median_step_s": 1.0 if name == "baseline" else 3.0,
+            "step_times_s": [1.0], "peak_memory_gb": 1.0, "peak_memory_kind": "process peak RSS"}
+
+
+@pytest.fixture
+def counted_work(monkeypatch):
+    """The benchmark's processes, FLOP counts and memory plans replaced by stand-ins that count
+    their calls (what is measured and counted once is the point here, not the figures)."""
+    from types import SimpleNamespace
+
+    from dcac_plugin.benchmarks import flops, memory_plan, step, train_bench
+    from dcac_plugin.benchmarks.memory_plan import MemoryPlan
+
+    work = SimpleNamespace(measured=[], flops=[], plans=[], fail=set())
+
+    def measure(context, kwargs_by_engine):
+        results = {}
+        for name, kwargs in kwargs_by_engine.items():
+            work.measured.append((name, kwargs["amp"], kwargs["latent_cache"]))
+            if (name, kwargs["amp"]) in work.fail:
+                raise RuntimeError(f"the {name} benchmark process ended (exit code -9) without figures")
+            results[name] = fake_engine_figures(name, kwargs["amp"], kwargs["device"])
+        return results
+
+    monkeypatch.setattr(train_bench, "measure_one_after_another", measure)
+    monkeypatch.setattr(flops, "training_step_flops",
+                        lambda cfg, n, b: work.flops.append((cfg.engine, cfg.dcac.diffusion.latent_cache)) or 10**12)
+    monkeypatch.setattr(step, "build_training_step", lambda cfg, n, b, device: cfg)
+    monkeypatch.setattr(memory_plan, "plan_training_memory",
+                        lambda cfg: work.plans.append((cfg.engine, cfg.train.amp, cfg.dcac.diffusion.latent_cache))
+                        or MemoryPlan(2**30, {"weights": 2**29}))
+    return work
+
+
+def test_several_settings_measure_each_step_once_and_count_flops_once(counted_work, tmp_path):
+    from dcac_plugin.benchmarks.train_bench import Setting, run_train_settings
+
+    settings = [Setting.parse(text) for text in ("fp16:encode", "fp16:cache", "bf16:cache")]
+    out = tmp_path / "figures.json"
+    figures = run_train_settings(settings, batch_size=4, device="cpu", opts=TINY, num_classes=8,
+                                 schedule="sequential", plan=True, json_out=str(out))
+    # One after the other, the baseline (no diffusion input) is measured once per precision.
+    assert counted_work.measured == [("baseline", "fp16", False), ("dcac", "fp16", False), ("dcac", "fp16", True),
+                                     ("baseline", "bf16", True), ("dcac", "bf16", True)]
+    # FLOPs depend on neither the precision nor the schedule: once per engine and diffusion input.
+    assert sorted(engine for engine, _ in counted_work.flops) == ["baseline", "dcac", "dcac"]
+    assert sorted(cache for engine, cache in counted_work.flops if engine == "dcac") == [False, True]
+    assert figures["flop_counts"] == 3
+    # Memory plans depend on the precision: once per distinct step.
+    assert sorted((engine, amp) for engine, amp, _ in counted_work.plans if engine == "baseline") == [
+        ("baseline", "bf16"), ("baseline", "fp16")]
+    assert sorted(plan for plan in counted_work.plans if plan[0] == "dcac") == [
+        ("dcac", "bf16", True), ("dcac", "fp16", False), ("dcac", "fp16", True)]
+    assert list(figures["settings"]) == ["fp16:encode", "fp16:cache", "bf16:cache"]
+    entry = figures["settings"]["fp16:cache"]
+    assert entry["dcac_over_baseline"] == 3.0 and entry["flop_ratio_dcac_over_baseline"] == 1.0
+    assert entry["engines"]["dcac"]["planned_peak_gb"] == 1.0
+    assert entry["engines"]["dcac"]["planned_at_peak_gb"] == {"weights": 0.5}
+    assert "measured_over_planned" not in entry["engines"]["dcac"]  # only against CUDA's allocator
+    assert "planned_peak_gb" in figures["plan_unit"]
+    assert json.loads(out.read_text()) == figures
+    assert not (tmp_path / "figures.json.partial").exists()
+
+
+def test_in_turns_each_setting_measures_its_own_baseline(counted_work, monkeypatch):
+    from dcac_plugin.benchmarks import train_bench
+
+    monkeypatch.setattr(train_bench, "measure_in_turns",
+                        lambda context, wanted, steps, warmup: train_bench.measure_one_after_another(context, wanted))
+    train_bench.run_train_settings([train_bench.Setting("off", False), train_bench.Setting("off", True)],
+                                   device="cpu", opts=TINY, num_classes=8, schedule="turns")
+    assert [name for name, _, _ in counted_work.measured] == ["baseline", "dcac"] * 2
+
+
+def test_a_failing_setting_is_recorded_and_the_others_go_on(counted_work, tmp_path, capsys):
+    from dcac_plugin.benchmarks.train_bench import Setting, run_train_settings
+
+    counted_work.fail.add(("dcac", "fp16"))
+    figures = run_train_settings([Setting("fp16", False), Setting("bf16", True)], device="cpu", opts=TINY,
+                                 num_classes=8, schedule="sequential", json_out=str(tmp_path / "f.json"))
+    failed, done = figures["settings"]["fp16:encode"], figures["settings"]["bf16:cache"]
+    assert failed == {"amp": "fp16", "latent_cache": False,
+                      "error": "the dcac benchmark process ended (exit code -9) without figures"}
+    assert set(done["engines"]) == {"baseline", "dcac"} and done["dcac_over_baseline"] == 3.0
+    assert "Setting fp16:encode failed: the dcac benchmark process ended" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"parameter_devices": ["cpu"]}, "the dcac step was asked to run on cuda but its weights are on cpu"),
+    ({"peak_memory_kind": "process peak RSS"}, "the dcac step on cuda has no CUDA timing or CUDA memory figures"),
+    ({"median_cuda_step_s": None}, "the dcac step on cuda has no CUDA timing or CUDA memory figures"),
+    ({"amp": "bf16"}, "the dcac step was asked for amp fp16 but ran in bf16"),
+], ids=["weights", "memory", "timing", "precision"])
+def test_figures_that_are_not_what_they_claim_are_refused(change, message):
+    from dcac_plugin.benchmarks.train_bench import Setting, check_ran_as_asked
+
+    good = {"engine": "dcac", "amp": "fp16", "parameter_devices": ["cuda:0"], "median_cuda_step_s": 0.5,
+            "peak_memory_kind": "cuda max allocated"}
+    check_ran_as_asked({"dcac": good}, torch.device("cuda"), Setting("fp16", True))  # as asked: no error
+    with pytest.raises(RuntimeError, match=message.replace("(", r"\(")):
+        check_ran_as_asked({"dcac": {**good, **change}}, torch.device("cuda"), Setting("fp16", True))
+
+
+@pytest.mark.parametrize("argv,error", [
+    (["--steps", "0"], "argument --steps: 0 is not a whole number of at least 1"),
+    (["--batch-size", "-4"], "argument --batch-size: -4 is not a whole number of at least 1"),
+    (["--warmup", "-1"], "argument --warmup: -1 is not a whole number of at least 0"),
+    (["--steps", "ten"], "argument --steps: 'ten' is not a whole number of at least 1"),
+    (["--settings", "fp16:vae"], "argument --settings: 'fp16:vae': use AMP:cache|encode"),
+    (["--settings", "fp8:cache"], "argument --settings: 'fp8:cache': use AMP:cache|encode"),
+    (["--settings", "fp16:cache", "--amp", "bf16"], "--settings names each setting's precision and latents"),
+], ids=["steps-0", "batch-negative", "warmup-negative", "steps-word", "latents", "amp", "both"])
+def test_bench_train_refuses_bad_arguments_in_one_line_before_any_process(argv, error, capsys, monkeypatch):
+    import dcac_cli
+    from dcac_plugin.benchmarks import train_bench
+
+    monkeypatch.setattr(train_bench, "run_train_settings", lambda *a, **k: pytest.fail("work started"))
+    try:
+        code = dcac_cli.main(["bench", "train", *argv])
+    except SystemExit as done:  # argparse's errors
+        code = done.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0].startswith("dcac: error: " + error), err

@@ -92,8 +92,9 @@ def test_engine_resolves_auto_once_before_its_scaler_and_reports_it(tiny_sd, mon
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     engine, _, _ = make_engine(tiny_sd, "auto", use_gpu=True)
     assert engine.device.type == "cpu" and engine.amp == "off" and not engine.scaler.is_enabled()
-    assert "Mixed precision: off (train.amp auto, cpu)" in engine.setup_summary(
+    lines = engine.setup_summary(
         build_config(demo_config_path("dcac"), ["dcac.diffusion.pretrained", tiny_sd, "train.amp", "auto"]))
+    assert "Mixed precision: off (train.amp auto, cpu)" in lines and "Weights on: cpu" in lines
     # Where auto resolves to fp16, the scaler is built for fp16.
     monkeypatch.setattr(baseline_module, "resolve_amp", lambda mode, device: "fp16")
     engine, _, _ = make_engine(tiny_sd, "auto")

@@ -125,6 +125,10 @@ def market_benchmark(seed: int = 0, torchreid_reference: bool = True, shape: Spl
         "ours_seconds": ours_seconds,
         "rank1": float(cmc[0]), "mAP": mAP, "mINP": full.mINP,
         "num_valid_queries": full.num_valid_queries}
+    if dev.type != "cpu":  # the same ranking on the CPU, so that a GPU result is checked even without torchreid
+        on_cpu = evaluate_rank_full(distmat, *labels)
+        result.update(max_abs_diff_cmc_vs_cpu=float(np.abs(np.asarray(on_cpu.cmc) - np.asarray(cmc)).max()),
+                      abs_diff_mAP_vs_cpu=abs(float(on_cpu.mAP) - float(mAP)))
     if torchreid_reference:
         result["torchreid"] = torchreid_identity()
         paths = ("python", "cython") if result["torchreid"]["cython"] else ("python",)

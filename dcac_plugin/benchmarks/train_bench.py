@@ -16,7 +16,8 @@ import multiprocessing
 import queue as queue_module
 import statistics
 import time
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -26,10 +27,42 @@ from .step import benchmark_config, build_training_step
 
 # How the engines' processes take their steps: in turns, or one engine's steps after the other's.
 SCHEDULES = ("turns", "sequential")
+# What the dcac step's diffusion input is (the second half of a setting, ``fp16:encode``).
+LATENT_INPUTS = ("cache", "encode")
+# What the memory plan beside the measured peaks counts (see benchmarks.memory_plan).
+PLAN_UNIT = ("planned_peak_gb: GiB of live tensors at the step's peak, planned on the meta device as `dcac stats` "
+             "does; torch.cuda.max_memory_allocated also counts the cuBLAS/cuDNN workspaces, which PyTorch "
+             "allocates through its caching allocator, and max_memory_reserved also the cached free blocks; "
+             "the CUDA context is in neither")
+# Wall seconds of one step, and the seconds between CUDA events around it (None on the CPU).
+StepTime = Tuple[float, Optional[float]]
 
 
 def schedule_description(schedule: str) -> str:
     return "in turns, one step each" if schedule == "turns" else "one after the other"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a benchmark step's precision and diffusion input are: ``train.amp`` and whether the
+    dcac step draws latents from cached posteriors (``cache``) or encodes its diffusion view
+    with the VAE every step (``encode``, as the reference and the paper's Table 6 do)."""
+
+    amp: str = "off"
+    latent_cache: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.amp}:{'cache' if self.latent_cache else 'encode'}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Setting":
+        """``AMP:cache`` or ``AMP:encode`` (e.g. ``fp16:encode``), as ``--settings`` takes them
+        (the command line checks them first; the config checks the precision)."""
+        amp, _, latents = text.partition(":")
+        if latents not in LATENT_INPUTS:
+            raise ValueError(f"setting {text!r}: the part after ':' must be one of {', '.join(LATENT_INPUTS)}")
+        return cls(amp, latents == "cache")
 
 
 class StepTimer:
@@ -46,31 +79,53 @@ class StepTimer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def timed_step(self) -> float:
-        """Seconds of one ``forward_backward`` (the GPU's queue drained before and after)."""
-        cuda = self.device.type == "cuda"
-        if cuda:
-            torch.cuda.synchronize(self.device)
+    def timed_step(self) -> StepTime:
+        """One ``forward_backward``: wall seconds with the GPU's queue drained before and after,
+        and on a GPU also the seconds between CUDA events recorded around it (the GPU's own
+        clock, free of the host's scheduling)."""
+        if self.device.type != "cuda":
+            start = time.perf_counter()
+            self.step.run()
+            return time.perf_counter() - start, None
+        began, ended = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(self.device)
         start = time.perf_counter()
+        began.record()
         self.step.run()
-        if cuda:
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - start
+        ended.record()
+        torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start, began.elapsed_time(ended) / 1000.0
 
     def figures(self) -> Dict[str, object]:
-        """The precision the engine ran in and its peak memory so far."""
+        """The precision the engine ran in, where its weights are, and its peak memory so far."""
         cuda = self.device.type == "cuda"
-        peak = torch.cuda.max_memory_allocated(self.device) if cuda else peak_rss_kb() * 1024
-        return {"engine": self.name, "amp": self.step.engine.amp, "peak_memory_gb": round(peak / 2**30, 3),
-                "peak_memory_kind": "cuda max allocated" if cuda else "process peak RSS"}
+        figures: Dict[str, object] = {
+            "engine": self.name, "amp": self.step.engine.amp,
+            "parameter_devices": sorted({str(param.device) for module in self.step.modules()
+                                         for param in module.parameters()}),
+        }
+        if cuda:
+            figures.update(peak_memory_gb=round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3),
+                           peak_reserved_gb=round(torch.cuda.max_memory_reserved(self.device) / 2**30, 3),
+                           peak_memory_kind="cuda max allocated")
+        else:
+            figures.update(peak_memory_gb=round(peak_rss_kb() * 1024 / 2**30, 3), peak_memory_kind="process peak RSS")
+        return figures
 
 
-def _step_line(name: str, index: int, total: int, warmup: int, seconds: float) -> str:
-    return f"  {name}: step {index + 1}/{total} {seconds:.3f}s{' (warm-up)' if index < warmup else ''}"
+def _step_line(name: str, index: int, total: int, warmup: int, seconds: StepTime) -> str:
+    wall, gpu = seconds
+    on_gpu = f" (cuda events {gpu:.3f}s)" if gpu is not None else ""
+    return f"  {name}: step {index + 1}/{total} {wall:.3f}s{on_gpu}{' (warm-up)' if index < warmup else ''}"
 
 
-def _with_times(figures: Dict[str, object], times: List[float]) -> Dict[str, object]:
-    return {**figures, "median_step_s": statistics.median(times), "step_times_s": times}
+def _with_times(figures: Dict[str, object], times: List[StepTime]) -> Dict[str, object]:
+    walls = [wall for wall, _ in times]
+    result = {**figures, "median_step_s": statistics.median(walls), "step_times_s": walls}
+    gpu = [seconds for _, seconds in times if seconds is not None]
+    if gpu:
+        result.update(median_cuda_step_s=statistics.median(gpu), cuda_step_times_s=gpu)
+    return result
 
 
 def measure_engine(engine_name: str, batch_size: int = 8, steps: int = 5, warmup: int = 2, amp: str = "off",
@@ -152,7 +207,7 @@ def measure_in_turns(context, kwargs_by_engine: Dict[str, Dict[str, object]], st
         for index in range(warmup + steps):
             for name, (child, requests, replies) in children.items():
                 requests.put("step")
-                seconds = float(_result_of(child, replies, name))
+                seconds = tuple(_result_of(child, replies, name))
                 if index >= warmup:
                     times[name].append(seconds)
                 print(_step_line(name, index, warmup + steps, warmup, seconds), flush=True)
@@ -190,56 +245,184 @@ def account_flops(results: Dict[str, Dict[str, object]], step_flops: Dict[str, i
             "time_ratio_over_flop_ratio": round(time_ratio / flop_ratio, 3)}
 
 
-def run_train_benchmark(batch_size: int = 8, steps: int = 5, warmup: int = 2, amp: str = "off",
-                        device: Optional[str] = None, latent_cache: bool = True, rank: int = 8,
-                        gradient_checkpointing: bool = False,
-                        engines: Sequence[str] = ("baseline", "dcac"), opts: Sequence[str] = (),
-                        num_classes: int = 751, schedule: Optional[str] = None) -> Dict[str, object]:
-    """The engines, each in its own process, ``schedule`` ``"turns"`` (:func:`measure_in_turns`,
-    the default on the CPU) or ``"sequential"`` (:func:`measure_one_after_another`, the
-    default on a GPU, where two steps' memory may not fit together); returns times, their
-    ratio, peak memory and the FLOP accounting (:func:`account_flops`)."""
+def check_ran_as_asked(results: Dict[str, Dict[str, object]], device: torch.device, setting: Setting) -> None:
+    """Refuse figures that are not what they claim: on a GPU every engine's weights must be on
+    CUDA, its memory read from CUDA's allocator and its precision the one asked for, so that
+    a step that fell back to the CPU can never pass as a GPU figure."""
+    for name, figures in results.items():
+        where = figures.get("parameter_devices") or []
+        if device.type == "cuda":
+            if not where or any(not str(place).startswith("cuda") for place in where):
+                raise RuntimeError(f"the {name} step was asked to run on {device} but its weights are on "
+                                   f"{', '.join(map(str, where)) or 'no device'}")
+            if figures.get("peak_memory_kind") != "cuda max allocated" or figures.get("median_cuda_step_s") is None:
+                raise RuntimeError(f"the {name} step on {device} has no CUDA timing or CUDA memory figures")
+        if setting.amp != "auto" and figures.get("amp") != setting.amp:
+            raise RuntimeError(f"the {name} step was asked for amp {setting.amp} but ran in {figures.get('amp')}")
+
+
+def _engine_kwargs(name: str, setting: Setting, common: Dict[str, object]) -> Dict[str, object]:
+    return dict(engine_name=name, amp=setting.amp, latent_cache=setting.latent_cache, **common)
+
+
+def _measure_key(name: str, setting: Setting) -> Tuple[str, str, bool]:
+    """What identifies a measurement: the baseline has no diffusion input, so its step is the
+    same for ``cache`` and ``encode`` and is measured once per precision."""
+    return (name, setting.amp, setting.latent_cache if name == "dcac" else True)
+
+
+def _flop_key(name: str, setting: Setting) -> Tuple[str, bool]:
+    """FLOPs depend on neither the precision nor the schedule: once per engine and diffusion input."""
+    return (name, setting.latent_cache if name == "dcac" else True)
+
+
+def _plan_side_by_side(figures: Dict[str, object], plan) -> None:
+    """The planned peak (``dcac stats``: live tensor bytes on the meta device) beside the
+    measured one; on a GPU also measured / planned."""
+    planned = plan.as_gib()
+    figures["planned_peak_gb"] = planned["peak_gb"]
+    figures["planned_at_peak_gb"] = planned["at_peak_gb"]
+    if figures.get("peak_memory_kind") == "cuda max allocated" and plan.peak_bytes:
+        figures["measured_over_planned"] = round(float(figures["peak_memory_gb"]) * 2**30 / plan.peak_bytes, 3)
+
+
+def _setting_summary(results: Dict[str, Dict[str, object]], schedule: str) -> Dict[str, object]:
+    """The ratio of the engines' median steps (wall, and CUDA events where measured); in turns
+    also each dcac step over the baseline step just before it, and their median."""
+    summary: Dict[str, object] = {}
+    if "baseline" not in results or "dcac" not in results:
+        return summary
+    baseline, dcac = results["baseline"], results["dcac"]
+    summary["dcac_over_baseline"] = round(dcac["median_step_s"] / baseline["median_step_s"], 3)
+    if "median_cuda_step_s" in baseline and "median_cuda_step_s" in dcac:
+        summary["dcac_over_baseline_cuda_events"] = round(dcac["median_cuda_step_s"] / baseline["median_cuda_step_s"], 3)
+    if schedule == "turns":
+        per_turn = [d / b for b, d in zip(baseline["step_times_s"], dcac["step_times_s"])]
+        summary["dcac_over_baseline_per_turn"] = [round(ratio, 3) for ratio in per_turn]
+        summary["dcac_over_baseline_per_turn_median"] = round(statistics.median(per_turn), 3)
+    return summary
+
+
+def _write_json(path: Optional[str], figures: Dict[str, object]) -> None:
+    """The figures so far, replaced atomically: a run stopped at its time limit keeps them."""
+    if not path:
+        return
+    import json
+    import os
+
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as handle:
+        json.dump(figures, handle, indent=2)
+        handle.write("\n")
+    os.replace(partial, path)
+
+
+def run_train_settings(settings: Sequence[Setting], batch_size: int = 8, steps: int = 5, warmup: int = 2,
+                       device: Optional[str] = None, rank: int = 8, gradient_checkpointing: bool = False,
+                       engines: Sequence[str] = ("baseline", "dcac"), opts: Sequence[str] = (),
+                       num_classes: int = 751, schedule: Optional[str] = None, plan: bool = False,
+                       json_out: Optional[str] = None) -> Dict[str, object]:
+    """Each setting's engines, each in its own process (``schedule`` ``"turns"``,
+    :func:`measure_in_turns`, the default on the CPU, or ``"sequential"``,
+    :func:`measure_one_after_another`, the default on a GPU, where two steps' memory may not fit
+    together): times, their ratio, peak memory, the FLOP accounting (:func:`account_flops`) and,
+    with ``plan``, the ``dcac stats`` memory plan of the same step beside the measured peak.
+
+    The baseline step is measured once per precision (it has no diffusion input), FLOPs are
+    counted once per engine and diffusion input, and a setting whose measurement fails is
+    recorded with its error while the others go on. With ``json_out`` the figures so far are
+    written there after every measurement. Returns ``{"settings": {name: summary}, ...}``.
+    """
     from .flops import training_step_flops
+    from .memory_plan import plan_training_memory
+    from .step import build_training_step as build_step
 
     dev = checked_device(device)
     device = str(dev)
     schedule = schedule or ("sequential" if dev.type == "cuda" else "turns")
     if schedule not in SCHEDULES:
         raise ValueError(f"Unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}.")
-    for name in engines:  # a wrong override fails here, in one line, not in a child process
-        benchmark_config(name, amp=amp, rank=rank, gradient_checkpointing=gradient_checkpointing,
-                         latent_cache=latent_cache, opts=opts)
+    configs = {}  # a wrong override fails here, in one line, not in a child process
+    for setting in settings:
+        for name in engines:
+            configs[_measure_key(name, setting)] = benchmark_config(
+                name, amp=setting.amp, rank=rank, gradient_checkpointing=gradient_checkpointing,
+                latent_cache=setting.latent_cache, opts=opts)
     context = multiprocessing.get_context("spawn")
-    print(f"Batch {batch_size}, amp {amp}, {device}, engines {schedule_description(schedule)}", flush=True)
-    kwargs_by_engine = {name: dict(engine_name=name, batch_size=batch_size, amp=amp, device=device,
-                                   latent_cache=latent_cache, num_classes=num_classes, rank=rank,
-                                   gradient_checkpointing=gradient_checkpointing, opts=list(opts))
-                        for name in engines}
-    if schedule == "turns":
-        results = measure_in_turns(context, kwargs_by_engine, steps, warmup)
-    else:
-        for kwargs in kwargs_by_engine.values():
-            kwargs.update(steps=steps, warmup=warmup)
-        results = measure_one_after_another(context, kwargs_by_engine)
-    print("Counting the FLOPs of each step (meta device) ...", flush=True)
-    step_flops = {name: training_step_flops(benchmark_config(name, amp=amp, rank=rank,
-                                                             gradient_checkpointing=gradient_checkpointing,
-                                                             latent_cache=latent_cache, opts=opts),
-                                            num_classes, batch_size)
-                  for name in engines}
-    accounting = account_flops(results, step_flops)
-    summary: Dict[str, object] = {
-        "device": device_name(dev),
-        "batch_size": batch_size, "amp": amp, "latent_cache": latent_cache, "lora_rank": rank,
+    common = dict(batch_size=batch_size, device=device, num_classes=num_classes, rank=rank,
+                  gradient_checkpointing=gradient_checkpointing, opts=list(opts))
+    figures: Dict[str, object] = {
+        "device": device_name(dev), "batch_size": batch_size, "lora_rank": rank,
         "gradient_checkpointing": gradient_checkpointing, "opts": list(opts), "schedule": schedule,
-        "engines": results,
+        "steps": steps, "warmup": warmup, "settings": {},
     }
-    if "baseline" in results and "dcac" in results:
-        summary["dcac_over_baseline"] = round(results["dcac"]["median_step_s"] / results["baseline"]["median_step_s"], 3)
-        if schedule == "turns":  # each dcac step over the baseline step just before it, and their median
-            per_turn = [dcac / baseline
-                        for baseline, dcac in zip(results["baseline"]["step_times_s"], results["dcac"]["step_times_s"])]
-            summary["dcac_over_baseline_per_turn"] = [round(ratio, 3) for ratio in per_turn]
-            summary["dcac_over_baseline_per_turn_median"] = round(statistics.median(per_turn), 3)
-    summary.update(accounting)
-    return summary
+    measured: Dict[Tuple[str, str, bool], Dict[str, object]] = {}
+    # In turns each dcac step is set against the baseline step just before it, so each
+    # setting measures its own baseline; one after the other, a baseline serves every setting
+    # of its precision.
+    def reused(name: str, setting: Setting) -> Tuple[str, str, bool]:
+        return _measure_key(name, setting) if schedule == "sequential" else (name, setting.amp, setting.latent_cache)
+
+    for setting in settings:
+        print(f"Batch {batch_size}, amp {setting.amp}, {'latent cache' if setting.latent_cache else 'VAE every step'}, "
+              f"{device}, engines {schedule_description(schedule)}", flush=True)
+        wanted = {name: _engine_kwargs(name, setting, common) for name in engines
+                  if reused(name, setting) not in measured}
+        entry: Dict[str, object] = {"amp": setting.amp, "latent_cache": setting.latent_cache}
+        try:
+            if wanted:
+                if schedule == "turns":
+                    fresh = measure_in_turns(context, wanted, steps, warmup)
+                else:
+                    fresh = measure_one_after_another(
+                        context, {name: {**kwargs, "steps": steps, "warmup": warmup} for name, kwargs in wanted.items()})
+                check_ran_as_asked(fresh, dev, setting)
+                measured.update({reused(name, setting): result for name, result in fresh.items()})
+            entry["engines"] = {name: dict(measured[reused(name, setting)]) for name in engines}
+        except RuntimeError as err:
+            entry["error"] = str(err)
+            print(f"Setting {setting.name} failed: {err}", flush=True)
+        figures["settings"][setting.name] = entry
+        _write_json(json_out, figures)
+    print("Counting the FLOPs of each step (meta device) ...", flush=True)
+    step_flops: Dict[Tuple[str, bool], int] = {}
+    plans = {}
+    for setting in settings:
+        entry = figures["settings"][setting.name]
+        if "engines" not in entry:
+            continue
+        for name in engines:
+            key = _flop_key(name, setting)
+            if key not in step_flops:
+                step_flops[key] = training_step_flops(configs[_measure_key(name, setting)], num_classes, batch_size)
+            if plan and _measure_key(name, setting) not in plans:
+                print(f"Planning the memory of the {name} step ({setting.name}, meta device) ...", flush=True)
+                plans[_measure_key(name, setting)] = plan_training_memory(
+                    build_step(configs[_measure_key(name, setting)], num_classes, batch_size, device="meta"))
+            if plan:
+                _plan_side_by_side(entry["engines"][name], plans[_measure_key(name, setting)])
+        entry.update(_setting_summary(entry["engines"], schedule))
+        entry.update(account_flops(entry["engines"], {name: step_flops[_flop_key(name, setting)] for name in engines}))
+        _write_json(json_out, figures)
+    figures["flop_counts"] = len(step_flops)
+    if plan:
+        figures["plan_unit"] = PLAN_UNIT
+    _write_json(json_out, figures)
+    return figures
+
+
+def run_train_benchmark(batch_size: int = 8, steps: int = 5, warmup: int = 2, amp: str = "off",
+                        device: Optional[str] = None, latent_cache: bool = True, rank: int = 8,
+                        gradient_checkpointing: bool = False,
+                        engines: Sequence[str] = ("baseline", "dcac"), opts: Sequence[str] = (),
+                        num_classes: int = 751, schedule: Optional[str] = None, plan: bool = False,
+                        json_out: Optional[str] = None) -> Dict[str, object]:
+    """One setting (``amp``, ``latent_cache``) of :func:`run_train_settings`, its summary at the
+    top level: ``engines``, ``dcac_over_baseline``, the FLOP accounting; an error if it failed."""
+    setting = Setting(amp, latent_cache)
+    figures = run_train_settings([setting], batch_size, steps, warmup, device, rank, gradient_checkpointing,
+                                 engines, opts, num_classes, schedule, plan, json_out)
+    entry = figures.pop("settings")[setting.name]
+    if "error" in entry:
+        raise RuntimeError(entry["error"])
+    return {**figures, **entry}

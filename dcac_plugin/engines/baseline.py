@@ -71,7 +71,8 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
         source = self.model.source_line() if isinstance(self.model, BNNeckReID) else f"Re-ID model: {cfg.model.name}"
         return [source,
                 f"Trainable parameters: Re-ID model {trainable:,}",
-                f"Mixed precision: {self.amp} (train.amp {self.amp_setting}, {self.device.type})"]
+                f"Mixed precision: {self.amp} (train.amp {self.amp_setting}, {self.device.type})",
+                f"Weights on: {next(self.model.parameters()).device}"]
 
     # ------------------------------------------------------------------ PCL memory
 
