@@ -91,8 +91,10 @@ def flops_and_memory_stats(cfg: CN, num_classes: Optional[int] = None, batch_siz
     memory: Dict[str, object] = {
         "batch_size": batch_size, "amp": amp, "gradient_checkpointing": gradient_checkpointing,
         "latent_cache": latent_cache,
-        "unit": "GiB of live tensors at the step's peak, as torch.cuda.max_memory_allocated counts them (the "
-                "CUDA context, library workspaces and the allocator's cached free blocks come on top)",
+        "unit": "GiB of live tensors at the step's peak, as torch.cuda.max_memory_allocated counts them; a "
+                "measurement also holds the cuBLAS/cuDNN workspaces (allocated through the same caching "
+                "allocator, not planned here); max_memory_reserved adds the cached free blocks, nvidia-smi the "
+                "CUDA context",
     }
     for name, plan in planned.items():
         memory[name] = {**plan.as_gib(), "fits_gpu": plan.peak_bytes / GIB <= gpu_memory_gb}

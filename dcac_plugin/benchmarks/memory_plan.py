@@ -5,8 +5,10 @@ every tensor the step creates (activations, autocast copies, gradients, optimize
 temporaries) and follows each storage until it is freed, on top of the storages that exist
 before the step (weights, buffers, the batch, the previous step's gradients and the optimizer
 state). Its peak is what ``torch.cuda.max_memory_allocated`` would report for the step:
-sizes rounded up to the CUDA caching allocator's 512-byte blocks; the CUDA context, cuBLAS
-and cuDNN workspaces and the allocator's cached but free blocks are not included.
+sizes rounded up to the CUDA caching allocator's 512-byte blocks. Not planned: the cuBLAS and
+cuDNN workspaces, which PyTorch allocates through the same caching allocator (so a measured
+``max_memory_allocated`` includes them); the allocator's cached but free blocks (in
+``max_memory_reserved``) and the CUDA context (in neither) are outside what it reports anyway.
 """
 from __future__ import annotations
 
