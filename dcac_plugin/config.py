@@ -97,6 +97,10 @@ def get_default_config() -> CN:
     cfg.train.gamma = 0.1
     cfg.train.print_freq = 20
     cfg.train.seed = 1
+    # Ours: PyTorch's deterministic algorithms, cuDNN deterministic, no cudnn.benchmark and
+    # CUBLAS_WORKSPACE_CONFIG=:4096:8, so that a CUDA run (and its resume) repeats bit for bit;
+    # slower on GPUs. False changes none of them (PyTorch's defaults; cudnn.benchmark stays off).
+    cfg.train.deterministic = False
     # Ours (speed and memory; none changes the maths beyond numerical precision):
     # off | bf16 | fp16 (fp16 with a gradient scaler) | auto (bf16 on GPUs that support it,
     # else fp16 on a GPU, off on the CPU)
@@ -238,6 +242,17 @@ def _check_keys(overrides: Mapping[str, Any], reference: CN, where: str, valid: 
             _check_keys(value, reference[key], where, valid, prefix=f"{full}.")
 
 
+def _check_booleans(overrides: Mapping[str, Any], reference: CN, where: str, prefix: str = "") -> None:
+    """A key whose default is True or False takes True or False, and nothing else: yacs lets
+    ``null`` through (a falsy None) and refuses 1 or ``true`` naming only the types."""
+    for key, value in overrides.items():
+        full, default = f"{prefix}{key}", reference[key]
+        if isinstance(default, CN):
+            _check_booleans(value, default, where, prefix=f"{full}.")
+        elif isinstance(default, bool) and not isinstance(CN._decode_cfg_value(value), bool):
+            raise ConfigError(f"Bad value {where}: {full} takes True or False, not {value!r}.")
+
+
 def _all_keys(cfg: CN, prefix: str = "") -> list:
     keys = []
     for key, value in cfg.items():
@@ -261,6 +276,7 @@ def _nested(dotted: Sequence[str]) -> dict:
 
 def _merge_dict(cfg: CN, overrides: Mapping[str, Any], where: str) -> None:
     _check_keys(overrides, cfg, where, _all_keys(cfg))
+    _check_booleans(overrides, cfg, f"in {where}")
     try:
         cfg.merge_from_other_cfg(CN(dict(overrides)))
     except ValueError as err:  # yacs type mismatch
@@ -386,6 +402,7 @@ def build_config(
         cfg.data.transforms = list(transforms)
     if opts:
         _check_keys(cli_overrides, cfg, "the command line", _all_keys(cfg))
+        _check_booleans(cli_overrides, cfg, "on the command line")
         try:
             cfg.merge_from_list(list(opts))
         except (ValueError, AssertionError) as err:

@@ -31,6 +31,7 @@ from .data.samplers import build_train_sampler
 from .data.transforms import (INTERPOLATIONS, ReidTransforms, describe_transforms, reid_transforms,
                               torchreid_receives)
 from .data.views import TwoViewTransform, diffusion_view_transform
+from .determinism import determinism_errors_explained, enable_determinism, restored_determinism
 from .engines.common import checkpoint_paths
 from .models import CLIP_MODELS, BNNeckReID, build_toolbox_reid, check_toolbox_model
 from .optim import build_optimizer, build_scheduler
@@ -346,6 +347,10 @@ def prepare(cfg: CN) -> PreparedRun:
     (:mod:`~dcac_plugin.preparation`).
     """
     check_config(cfg)
+    if cfg.train.deterministic:
+        # First: cuBLAS reads CUBLAS_WORKSPACE_CONFIG once, and init_distributed (set_device)
+        # or model.cuda() below may be the first to start CUDA.
+        print("\n".join(enable_determinism()))
     use_gpu = bool(cfg.use_gpu) and torch.cuda.is_available()
     info = distributed.init_distributed(use_gpu, cfg.train.dist_backend, cfg.train.dist_timeout_minutes)
     # Ranks draw different augmentations and noise; DDP gives them rank 0's initial weights.
@@ -468,7 +473,9 @@ def run(cfg: CN) -> Dict[str, Any]:
     Launched with torchrun, every rank runs this; rank 0 alone logs, evaluates and writes.
     """
     check_config(cfg)
-    with run_output(cfg) as replaced:
+    # train.deterministic's settings are the process's: restored when the run ends, for the next
+    # run of dcac experiments / demo in this process.
+    with run_output(cfg) as replaced, restored_determinism(), determinism_errors_explained(cfg.train.deterministic):
         print(f"Show configuration\n{cfg}\n")
         prepared = prepare(cfg)
         if distributed.launched_info().is_main:

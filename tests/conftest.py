@@ -66,6 +66,21 @@ def hub_cache(tmp_path, monkeypatch):
     hub._probe.cache_clear()
 
 
+def train_error(tmp_path, capsys, *opts: str, config: str = "") -> str:
+    """The message ``dcac train`` (default config: demo_baseline) fails with, after checking that it
+    failed before any work: exit status 2, one line, no traceback, nothing written."""
+    from dcac_plugin.cli import demo_config_path, main
+
+    config = config or demo_config_path("baseline")
+    save_dir = tmp_path / "run"
+    code = main(["train", "--config-file", config, "--root", str(tmp_path / "data"), "data.save_dir", str(save_dir),
+                 *opts])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("dcac: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not os.path.exists(save_dir) and not os.path.exists(tmp_path / "data")
+    return err[len("dcac: error: "):].rstrip("\n")
+
+
 def refuse_download(*args, **kwargs):
     """Stands in for a download function: a test that must not download fails if it is called."""
     raise AssertionError("a download was attempted")

@@ -2,25 +2,13 @@
 the valid range and a value to use (exit 2); torchreid would fail deep inside the run, or never."""
 from __future__ import annotations
 
-import os
-
 import pytest
+from conftest import train_error
 
-from dcac_plugin.cli import demo_config_path, main
+from dcac_plugin.cli import demo_config_path
 from dcac_plugin.config import build_config
 from dcac_plugin.shipped import shipped_configs
 from dcac_plugin.validation import check_values
-
-
-def train_error(tmp_path, capsys, *opts: str, config: str = demo_config_path("baseline")) -> str:
-    """The message ``dcac train`` fails with, after checking that it failed before any work."""
-    save_dir = tmp_path / "run"
-    code = main(["train", "--config-file", config, "--root", str(tmp_path / "data"), "data.save_dir", str(save_dir),
-                 *opts])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("dcac: error: ") and err.count("\n") == 1 and "Traceback" not in err
-    assert not os.path.exists(save_dir) and not os.path.exists(tmp_path / "data")
-    return err[len("dcac: error: "):].rstrip("\n")
 
 
 def write(tmp_path, text: str) -> str:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .. import distributed
 from ..checkpoint import atomic_copy, atomic_save
 from ..evaluation import evaluate_features, torchreid_ranking_note
-from ..rng import capture_rng_state, preserved_rng, restore_rng_state
+from ..rng import capture_rng_state, preserved_rng, restore_rank_rng_state
 
 LATEST = "latest.pth.tar"
 BEST = "best.pth.tar"
@@ -243,10 +243,5 @@ class RunRecordMixin:
         self._best_rank1 = float(state.get("best_rank1", -1.0))
         self._last_rank1 = float(state.get("rank1", 0.0))
         self.results.update(state.get("results") or {})
-        states = state.get("rng") or []
-        if len(states) == distributed.world_size():
-            restore_rng_state(states[distributed.rank()])
-        else:
-            print(f"Warning: the checkpoint holds RNG states of {len(states)} process(es) and this run has "
-                  f"{distributed.world_size()}: training continues correctly, but not bit-identically to the "
-                  "interrupted run.")
+        for note in restore_rank_rng_state(state.get("rng") or [], distributed.rank(), distributed.world_size()):
+            print(note)
