@@ -103,6 +103,9 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
         # Not a training step: it must not move the RNG streams (exact resume).
         with preserved_rng():
             self.memory.initialize(*self.extract_train_features())
+        # Every rank builds it from the same gathered features, but the class means sum with
+        # index_add_, whose order on a GPU is not fixed: rank 0's memory, bit for bit, everywhere.
+        distributed.broadcast_buffers(self.memory)
 
     def train(self, *args, **kwargs):
         self.rebuild_memory()
@@ -113,8 +116,9 @@ class BaselineEngine(RunRecordMixin, reid_engine.Engine):
     def verify_memory_in_sync(self) -> None:
         """Under torchrun, check that every rank ended the epoch with the same memory.
 
-        The updates are gathered so this always holds; a difference would mean the ranks
-        trained on different objectives, so it stops the run instead of going on silently.
+        The memory starts each epoch as rank 0's and the updates are gathered, so this always
+        holds; a difference would mean the ranks trained on different objectives, so it stops
+        the run instead of going on silently.
         """
         if distributed.world_size() == 1:
             return
