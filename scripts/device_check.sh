@@ -282,11 +282,62 @@ else
     fi
 fi
 
+# ------------------------------------------------------------------ carried wheels and dependencies
+# The GPU machine cannot reach PyPI and lacks some of our dependencies: scripts/device_wheels.sh
+# gathers their wheels into .whl/ where pip works, the device call carries that folder (carry
+# [".whl"]), and here they are installed into the work folder, ahead on PYTHONPATH. Then every
+# dependency is imported (device_check.py deps) before any GPU step, so that a missing one ends
+# the run in one line instead of failing every step. Its seconds count against --budget, which
+# bounds the whole run. DEVICE_CHECK_WHEELS names another folder of wheels, and
+# DEVICE_CHECK_SKIP_DEPS=1 skips the check (both for testing this script with stand-in commands).
+WHEELS_DIR=${DEVICE_CHECK_WHEELS:-$REPO/.whl}
+DEPS_LINE=""
+install_carried_wheels() {
+    local site="$WORK/site" wheels
+    wheels=$(compgen -G "$WHEELS_DIR/*.whl") || return 0  # none carried: nothing to install
+    mapfile -t wheels <<<"$wheels"
+    progress "installing ${#wheels[@]} carried wheels from $WHEELS_DIR into $site"
+    if ! "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$site" "${wheels[@]}" >"$WORK/wheels.log" 2>&1; then
+        DEPS_LINE="installing the carried wheels failed: $(tail -n 1 "$WORK/wheels.log")"
+        return 1
+    fi
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+}
+check_dependencies() {  # its lines go to stderr: stdout keeps its one line before the summary
+    local rc
+    progress "importing every dependency (device_check.py deps)"
+    timeout --kill-after=10 300 "$PYTHON" "$HELPER" deps --out "$WORK/dependencies.json" >&2 2>"$WORK/dependencies.err"
+    rc=$?
+    [ "$rc" -ne 0 ] || return 0
+    DEPS_LINE=$(tail -n 1 "$WORK/dependencies.err")
+    DEPS_LINE=${DEPS_LINE#device_check deps: }
+    [ "$rc" -ne 124 ] || DEPS_LINE="the dependency check ran out of time (300 s)"
+    [ -n "$DEPS_LINE" ] || DEPS_LINE="the dependency check failed (exit status $rc)"
+    return 1
+}
+skip_gpu_steps_for_dependencies() {
+    for dir in "${GPU_STEP_DIRS[@]}"; do
+        meta_set "$dir" status skipped
+        meta_set "$dir" reason "dependencies: $DEPS_LINE"
+    done
+}
+DEPS_OK=1
+if [ "$DRY_RUN" != 1 ] && [ "$HAVE_GPU" = 1 ] && [ "${DEVICE_CHECK_SKIP_DEPS:-0}" != 1 ]; then
+    { install_carried_wheels && check_dependencies; } || DEPS_OK=0
+fi
+
 define_gpu_steps
 GPU_STEP_DIRS=("${STEP_LIST[@]}")
 EXIT=0
 NOTE=""
-if [ "$DRY_RUN" = 1 ]; then
+if [ "$DEPS_OK" = 0 ]; then
+    MODE=gpu
+    echo "device_check: $ENV_LINE: no GPU step run: $DEPS_LINE"
+    skip_gpu_steps_for_dependencies
+    NOTE=$DEPS_LINE
+    EXIT=1
+elif [ "$DRY_RUN" = 1 ]; then
     MODE=dry-run
     echo "device_check: dry run: the GPU steps' commands, printed and checked, none run ($ENV_LINE)"
     for dir in "${GPU_STEP_DIRS[@]}"; do

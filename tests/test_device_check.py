@@ -32,15 +32,17 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def script_env(tmp_path, **extra):
-    """The script's environment: HOME, TMPDIR and caches inside ``tmp_path``, this Python first."""
+    """The script's environment: HOME, TMPDIR and caches inside ``tmp_path``, this Python first, and no
+    carried wheels (a checkout's ``.whl/`` is not installed)."""
     env = dict(os.environ)
-    for name in ("OUT", "DEVICE_CHECK_ASSUME_GPU", "DEVICE_CHECK_DCAC", "DEVICE_CHECK_TORCHRUN"):
+    for name in ("OUT", "DEVICE_CHECK_ASSUME_GPU", "DEVICE_CHECK_DCAC", "DEVICE_CHECK_TORCHRUN",
+                 "DEVICE_CHECK_SKIP_DEPS"):
         env.pop(name, None)
     for name in ("home", "tmp", "cache"):
         (tmp_path / name).mkdir(exist_ok=True)
     env.update(HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path / "tmp"), XDG_CACHE_HOME=str(tmp_path / "cache"),
                DCAC_CACHE=str(tmp_path / "cache" / "dcac-reid"), MPLCONFIGDIR=str(tmp_path / "cache" / "mpl"),
-               HF_HUB_OFFLINE="1", PYTHON=sys.executable,
+               HF_HUB_OFFLINE="1", PYTHON=sys.executable, DEVICE_CHECK_WHEELS=str(tmp_path / "no-wheels"),
                PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""))
     env.update(extra)
     return env
@@ -193,7 +195,8 @@ def stand_ins(tmp_path):
     (tmp_path / "out").mkdir()
     return dict(DEVICE_CHECK_ASSUME_GPU="1", DEVICE_CHECK_DCAC=str(fake), DEVICE_CHECK_TORCHRUN=str(fake),
                 FAKE_CALLS=str(tmp_path / "calls"), FAKE_BENCH_JSON=str(tmp_path / "bench.json"),
-                OUT=str(tmp_path / "out"))
+                OUT=str(tmp_path / "out"),
+                DEVICE_CHECK_SKIP_DEPS="1")  # the real dependency check: tests/test_device_deps.py
 
 
 def calls(tmp_path):
