@@ -24,7 +24,16 @@ dcac_plugin`` is needed for the environment and the summary), has three commands
 ``summary --work DIR ...``
     Prints the summary: per step its status (ok, failed, timeout, skipped, dry-run), seconds,
     command and log, and the figures read from its output (the benchmarks' JSON, a training
-    run's ``results.json``, pytest's counts).
+    run's ``results.json``, pytest's counts, the dependency check's versions).
+``deps --out FILE``
+    Imports every dependency (each ``install_requires`` entry of ``setup.cfg`` and what our code
+    imports besides) and then ``dcac_plugin``; prints one line per package (version, whether it
+    meets our pin), writes them as JSON, and exits 1 with one line on stderr naming every missing
+    or unusable one. Their own requirements, found unmet, are warnings.
+``wheels FOLDER``
+    Checks the wheels ``scripts/device_wheels.sh`` gathered for the GPU machine against the
+    packages it already has (``scripts/device_machine_packages.txt``): each installable there,
+    one version of each, none already there, and every requirement of ours and of theirs met.
 """
 from __future__ import annotations
 
@@ -35,13 +44,17 @@ if __name__ == "__main__":  # run by path: this folder must not shadow top-level
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse  # noqa: E402
+import configparser  # noqa: E402
 import contextlib  # noqa: E402
+import importlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
 import subprocess  # noqa: E402
-from typing import Any, Dict, List, Optional, Sequence  # noqa: E402
+import warnings  # noqa: E402
+import zipfile  # noqa: E402
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_GPU_EXIT = 3
@@ -306,13 +319,7 @@ def _number(text: str) -> Any:
 def summary(work: str, mode: str, budget_s: float, elapsed_s: float, log_dir: str, env_path: str,
             exit_status: int, note: str = "") -> Dict[str, Any]:
     """The whole summary of a run of the script."""
-    env: Dict[str, Any] = {}
-    text = read_text(env_path)
-    if text:
-        try:
-            env = json.loads(text)
-        except ValueError:
-            env = {"error": f"unreadable {env_path}"}
+    env: Dict[str, Any] = read_json(env_path) or {}
     dirs = step_dirs(os.path.join(work, "steps"))
     validation = None
     for step_dir in dirs:
@@ -573,7 +580,398 @@ def validate_steps(steps_root: str) -> Dict[str, Any]:
     return {"all_valid": bool(results) and all(r["valid"] for r in results.values()), "commands": results}
 
 
+# ----------------------------------------------------------------------------- dependencies
+
+SETUP_CFG = os.path.join(REPO_ROOT, "setup.cfg")
+MACHINE_PACKAGES = os.path.join(REPO_ROOT, "scripts", "device_machine_packages.txt")
+# What our code imports at run time that install_requires names only through another package
+# (yaml: PyYAML comes with yacs).
+RUNTIME_REQUIRES = ("PyYAML",)
+# Import names that are not the distribution's name with '_' for '-' (keys: canonical names).
+IMPORT_NAMES = {"open-clip-torch": "open_clip", "opencv-python-headless": "cv2", "pillow": "PIL", "pyyaml": "yaml"}
+OURS = "dcac-reid"
+WHEELS_HINT = 'run scripts/device_wheels.sh where pip reaches PyPI and carry .whl (device tool: carry [".whl"])'
+
+
+class Found(NamedTuple):
+    """A package as a requirement walk finds it."""
+    version: Optional[str]  # None: there, but its version is not recorded
+    requires: Optional[List[str]]  # its Requires-Dist lines; None: not followed
+
+
+def setup_option(key: str, setup_cfg: str = SETUP_CFG) -> str:
+    """One value of setup.cfg's ``[options]``."""
+    parser = configparser.ConfigParser()
+    if not parser.read(setup_cfg, encoding="utf-8"):
+        raise OSError(f"cannot read {setup_cfg}")
+    return parser["options"][key]
+
+
+def install_requires(setup_cfg: str = SETUP_CFG) -> List[str]:
+    """setup.cfg's ``install_requires`` lines."""
+    return [line.strip() for line in setup_option("install_requires", setup_cfg).splitlines() if line.strip()]
+
+
+def import_name(distribution: str) -> str:
+    """The module a distribution is imported as."""
+    from packaging.utils import canonicalize_name
+
+    name = canonicalize_name(distribution)
+    return IMPORT_NAMES.get(name, name.replace("-", "_"))
+
+
+def read_machine_packages(path: str = MACHINE_PACKAGES) -> Dict[str, Optional[str]]:
+    """The GPU machine's packages: canonical name -> version (None where none was recorded).
+    The entry ``python`` is its interpreter."""
+    from packaging.utils import canonicalize_name
+
+    packages: Dict[str, Optional[str]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                name, _, version = line.partition("==")
+                packages[canonicalize_name(name.strip())] = version.strip() or None
+    return packages
+
+
+def machine_marker_environment(python_version: str) -> Dict[str, str]:
+    """PEP 508 marker values for CPython ``python_version`` on x86-64 Linux, as on the GPU machine."""
+    from packaging.markers import default_environment
+
+    return dict(default_environment(), implementation_name="cpython", implementation_version=python_version,
+                os_name="posix", platform_machine="x86_64", platform_system="Linux",
+                platform_python_implementation="CPython", python_full_version=python_version,
+                python_version=".".join(python_version.split(".")[:2]), sys_platform="linux")
+
+
+def _applies(requirement, extras: Sequence[str], marker_env: Dict[str, str]) -> bool:
+    if requirement.marker is None:
+        return True
+    return any(requirement.marker.evaluate(dict(marker_env, extra=extra)) for extra in ("", *extras))
+
+
+class Walk(NamedTuple):
+    """What a requirement walk found."""
+    unmet: List[Dict[str, Any]]  # package, requirement, needed_by, found (the version there; None: absent)
+    unchecked: List[str]  # "requirement (needed by)" where the version there is not recorded
+    notes: List[str]  # what could not be read or followed
+
+
+def unmet_requirements(roots: Sequence[str], lookup: Callable[[str], Optional[Found]], marker_env: Dict[str, str],
+                       root_label: str = OURS) -> Walk:
+    """Follows ``roots`` and, for each package ``lookup`` finds, its own requirements (with the
+    extras asked of it)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    unmet: List[Dict[str, Any]] = []
+    unchecked: List[str] = []
+    notes: List[str] = []
+    followed, seen = set(), set()
+    queue = [(line, root_label, ()) for line in roots]
+    while queue:
+        line, needed_by, parent_extras = queue.pop(0)
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement as err:
+            notes.append(f"{needed_by}: unreadable requirement {line!r} ({err})")
+            continue
+        if not _applies(requirement, parent_extras, marker_env) or (line, needed_by) in seen:
+            continue
+        seen.add((line, needed_by))
+        name = canonicalize_name(requirement.name)
+        found = lookup(name)
+        if found is None or (found.version is not None
+                             and not requirement.specifier.contains(found.version, prereleases=True)):
+            unmet.append({"package": name, "requirement": _shown(requirement), "needed_by": needed_by,
+                          "found": None if found is None else found.version})
+            continue
+        if found.version is None and requirement.specifier:
+            unchecked.append(f"{_shown(requirement)} ({needed_by})")
+        extras = tuple(sorted(requirement.extras))
+        if found.requires is None:
+            if extras:
+                notes.append(f"{name}[{','.join(extras)}]: what these extras need is not known here")
+        elif (name, extras) not in followed:
+            followed.add((name, extras))
+            label = f"{name} {found.version}" if found.version else name
+            queue.extend((sub, label, extras) for sub in found.requires)
+    return Walk(unmet, unchecked, notes)
+
+
+def _shown(requirement) -> str:
+    """A requirement without its marker: the marker applied, or it would not be here."""
+    extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+    return f"{requirement.name}{extras}{requirement.specifier}"
+
+
+def describe_unmet(item: Dict[str, Any]) -> str:
+    """One unmet requirement, in words."""
+    if item["found"] is None:
+        return f"{item['package']} missing ({item['needed_by']} needs {item['requirement']})"
+    return f"{item['package']} {item['found']} does not satisfy {item['requirement']} (needed by {item['needed_by']})"
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:ERROR_CHARS]
+
+
+def import_error(module: str) -> Optional[BaseException]:
+    """What importing ``module`` raised, or None. Anything it raises (SystemExit too) is caught:
+    one broken package is a finding to report, not the end of the check."""
+    try:
+        # Import-time chatter (torchreid's Cython notice) is neither output nor a finding here.
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importlib.import_module(module)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # noqa: BLE001
+        return err
+    return None
+
+
+def installed_version(distribution: str, module: str) -> Optional[str]:
+    """The installed distribution's version, else the module's ``__version__``, else None."""
+    import importlib.metadata as metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        version = getattr(sys.modules.get(module), "__version__", None)
+        return None if version is None else str(version)
+
+
+def check_dependency(line: str) -> Dict[str, Any]:
+    """One requirement of ours: imported, its version read and checked against our pin.
+    ``status``: ok, missing, broken (its import raised) or wrong version."""
+    from packaging.requirements import Requirement
+
+    requirement = Requirement(line)
+    module = import_name(requirement.name)
+    entry: Dict[str, Any] = {"package": requirement.name, "requirement": line, "import": module}
+    error = import_error(module)
+    entry["version"] = installed_version(requirement.name, module)
+    if error is not None:
+        missing = isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] == module.split(".")[0]
+        entry.update(status="missing" if missing else "broken", error=_one_line(error))
+    elif entry["version"] is None:
+        entry.update(status="ok", note="no version found: pin not checked")
+    elif not requirement.specifier.contains(entry["version"], prereleases=True):
+        entry.update(status="wrong version", error=f"{entry['version']} is outside {requirement.specifier}")
+    else:
+        entry["status"] = "ok"
+    return entry
+
+
+def check_python(setup_cfg: str = SETUP_CFG) -> Dict[str, Any]:
+    """This interpreter against setup.cfg's ``python_requires``."""
+    import platform
+
+    from packaging.specifiers import SpecifierSet
+
+    wanted, version = setup_option("python_requires", setup_cfg).strip(), platform.python_version()
+    entry: Dict[str, Any] = {"package": "python", "requirement": f"python{wanted}", "import": None,
+                             "version": version, "status": "ok"}
+    if not SpecifierSet(wanted).contains(version, prereleases=True):
+        entry.update(status="wrong version", error=f"{version} is outside {wanted}")
+    return entry
+
+
+def _installed(name: str) -> Optional[Found]:
+    import importlib.metadata as metadata
+
+    try:
+        distribution = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return None
+    return Found(distribution.version, list(distribution.requires or []))
+
+
+def dependency_report(setup_cfg: str = SETUP_CFG) -> Dict[str, Any]:
+    """Every dependency checked (python, install_requires, RUNTIME_REQUIRES), then ``dcac_plugin``
+    imported where they all passed; their own unmet requirements as warnings."""
+    from packaging.markers import default_environment
+
+    roots = install_requires(setup_cfg) + list(RUNTIME_REQUIRES)
+    entries = [check_python(setup_cfg)] + [check_dependency(line) for line in roots]
+    problems = [entry for entry in entries if entry["status"] != "ok"]
+    ours: Dict[str, Any] = {"package": "dcac_plugin", "requirement": None, "import": "dcac_plugin"}
+    if problems:  # it imports them all: its own failure would only repeat theirs
+        ours.update(version=None, status="not tried", note="a dependency is missing or unusable")
+    else:
+        error = import_error("dcac_plugin")
+        ours["version"] = getattr(sys.modules.get("dcac_plugin"), "__version__", None)
+        ours["status"] = "ok" if error is None else "broken"
+        if error is not None:
+            ours["error"] = _one_line(error)
+            problems.append(ours)
+    entries.append(ours)
+    # Our own pins are checked above; what the walk adds is what our dependencies need.
+    walk = unmet_requirements(roots, _installed, default_environment())
+    warnings_found = [describe_unmet(item) for item in walk.unmet if item["needed_by"] != OURS]
+    return {"ok": not problems, "python": sys.executable, "pythonpath": os.environ.get("PYTHONPATH", ""),
+            "packages": entries, "problems": [_describe_problem(entry) for entry in problems],
+            "warnings": warnings_found, "notes": walk.notes}
+
+
+def _describe_problem(entry: Dict[str, Any]) -> str:
+    if entry["status"] == "missing":
+        return f"{entry['package']} (missing)"
+    return f"{entry['package']} ({entry['status']}: {entry.get('error')})"
+
+
+def dependency_line(entry: Dict[str, Any]) -> str:
+    """One package of the report, for the terminal."""
+    pin = entry["requirement"] or "-"
+    detail = entry.get("error") or entry.get("note") or ""
+    return f"{entry['status']:<13} {entry['package']:<24} {entry['version'] or '-':<16} {pin}" + (
+        f"  {detail}" if detail else "")
+
+
+def failure_line(report: Dict[str, Any]) -> str:
+    """The one line naming every missing or unusable package."""
+    return f"device_check deps: missing or unusable: {'; '.join(report['problems'])}; {WHEELS_HINT}"
+
+
+# ----------------------------------------------------------------------------- carried wheels
+
+MANYLINUX = [f"manylinux_2_{minor}_x86_64" for minor in range(39, 4, -1)] + [
+    "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "linux_x86_64"]
+
+
+def installable_tags(python_version: str) -> set:
+    """The wheel tags CPython ``python_version`` on x86-64 Linux installs."""
+    from packaging import tags
+
+    major, minor = (int(part) for part in python_version.split(".")[:2])
+    interpreter = f"cp{major}{minor}"
+    return (set(tags.cpython_tags((major, minor), abis=[interpreter], platforms=MANYLINUX))
+            | set(tags.compatible_tags((major, minor), interpreter=interpreter, platforms=MANYLINUX)))
+
+
+def wheel_metadata(path: str) -> Dict[str, Any]:
+    """A wheel's name, version, Requires-Dist and Requires-Python, from its METADATA."""
+    import email
+
+    with zipfile.ZipFile(path) as archive:
+        names = [name for name in archive.namelist()
+                 if name.count("/") == 1 and name.endswith(".dist-info/METADATA")]
+        if len(names) != 1:
+            raise ValueError(f"{len(names)} .dist-info/METADATA files")
+        message = email.message_from_bytes(archive.read(names[0]))
+    return {"name": message["Name"], "version": message["Version"],
+            "requires": message.get_all("Requires-Dist") or [], "requires_python": message["Requires-Python"]}
+
+
+def _machine_package(name: str, version: Optional[str]) -> Found:
+    """What a requirement walk knows of a package on the machine: the version recorded, and of its
+    requirements only those of extras (pip there installed the rest; which packages an extra pulls
+    in is read from this machine's copy, where there is one)."""
+    import importlib.metadata as metadata
+
+    try:
+        requires = [line for line in metadata.requires(name) or [] if "extra" in line.partition(";")[2]]
+    except metadata.PackageNotFoundError:
+        requires = None
+    return Found(version, requires)
+
+
+def _carried_wheels(folder: str, machine: Dict[str, Optional[str]],
+                    python: str) -> Tuple[Dict[str, Dict[str, Any]], List[str]]:
+    """The wheels in ``folder`` (canonical name -> METADATA's fields) and what is wrong with any one
+    of them for the machine: not installable by its Python, two of one name, already there."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+
+    accepted = installable_tags(python)
+    problems: List[str] = []
+    carried: Dict[str, Dict[str, Any]] = {}
+    files = sorted(name for name in os.listdir(folder) if name.endswith(".whl"))
+    if not files:
+        problems.append(f"no wheels in {folder}")
+    for file in files:
+        try:
+            name, version, _, file_tags = parse_wheel_filename(file)
+            meta = wheel_metadata(os.path.join(folder, file))
+        except (InvalidWheelFilename, ValueError, OSError, zipfile.BadZipFile, KeyError) as err:
+            problems.append(f"{file}: unreadable wheel ({err})")
+            continue
+        if not accepted & set(file_tags):
+            problems.append(f"{file}: not installable by CPython {python} on x86-64 Linux")
+        if meta["requires_python"] and not SpecifierSet(meta["requires_python"]).contains(python, prereleases=True):
+            problems.append(f"{file}: needs Python {meta['requires_python']}, the machine has {python}")
+        if name in carried:
+            problems.append(f"two versions of {name}: {carried[name]['version']} and {version} (keep one)")
+        if name in machine:
+            problems.append(f"{file}: {name} is already on the machine (carry only what it lacks)")
+        carried[name] = dict(meta, version=str(version))
+    return carried, problems
+
+
+def wheel_problems(folder: str, machine: Dict[str, Optional[str]],
+                   setup_cfg: str = SETUP_CFG) -> Tuple[List[str], List[str]]:
+    """Whether the wheels in ``folder`` and the machine's packages make our whole closure there:
+    (problems, notes)."""
+    python = machine.get("python") or "3.12"
+    carried, problems = _carried_wheels(folder, machine, python)
+    reached = set()
+
+    def lookup(name: str) -> Optional[Found]:  # a carried wheel comes first on PYTHONPATH there
+        reached.add(name)
+        if name in carried:
+            return Found(carried[name]["version"], carried[name]["requires"])
+        if name in machine:
+            return _machine_package(name, machine[name])
+        return None
+
+    roots = install_requires(setup_cfg) + list(RUNTIME_REQUIRES)
+    walk = unmet_requirements(roots, lookup, machine_marker_environment(python))
+    problems += [describe_unmet(item) for item in walk.unmet]
+    notes = list(walk.notes)
+    if walk.unchecked:
+        notes.append("not checked here, the machine's version not being recorded (deps checks them there): "
+                     + ", ".join(walk.unchecked))
+    notes += [f"{name} {carried[name]['version']} is carried but nothing needs it" for name in sorted(carried)
+              if name not in reached]
+    return problems, notes
+
+
 # ----------------------------------------------------------------------------- entry point
+
+
+def run_deps(out: str) -> int:
+    """``deps``: a line per package on stdout, the JSON to ``out``, one failure line on stderr."""
+    report = dependency_report()
+    for entry in report["packages"]:
+        print(dependency_line(entry))
+    for line in report["warnings"]:
+        print(f"warning: {line}")
+    if out:
+        with open(out, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2)
+    if not report["ok"]:
+        print(failure_line(report), file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_wheels(folder: str, machine_file: str) -> int:
+    """``wheels``: the notes on stdout, then one line: the verdict (problems also on stderr)."""
+    machine = read_machine_packages(machine_file)
+    problems, notes = wheel_problems(folder, machine)
+    for note in notes:
+        print(f"note: {note}")
+    if problems:
+        line = f"device_check wheels: {len(problems)} problem(s): {'; '.join(problems)}"
+        print(line, file=sys.stderr)
+        return 1
+    count = len([name for name in os.listdir(folder) if name.endswith(".whl")])
+    print(f"device_check wheels: {count} wheels; with the machine's packages every requirement of ours and of "
+          f"theirs is met (Python {machine.get('python')}, versions checked where recorded)")
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -595,7 +993,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summ.add_argument("--exit-status", type=int, required=True)
     summ.add_argument("--note", default="")
     summ.add_argument("--json-out", default="")
+    deps = sub.add_parser("deps")
+    deps.add_argument("--out", default="")
+    wheels = sub.add_parser("wheels")
+    wheels.add_argument("folder")
+    wheels.add_argument("--machine", default=MACHINE_PACKAGES)
     args = parser.parse_args(argv)
+    if args.command == "deps":
+        return run_deps(args.out)
+    if args.command == "wheels":
+        return run_wheels(args.folder, args.machine)
     if args.command == "env":
         found = environment()
         with open(args.out, "w", encoding="utf-8") as handle:

@@ -156,9 +156,9 @@ quoted() {  # the command of a step folder, shell-quoted
     printf '%q ' "${argv[@]}" | sed 's/ $//'
 }
 
-# The step timeouts (with the dependency check's) add up to 450 s, inside the 480 s budget.
+# The step timeouts (with the dependency check's 45 s) add up to 455 s, inside the 480 s budget.
 define_gpu_steps() {
-    add_step bench_train bench 1 190 "" -- \
+    add_step bench_train bench 1 180 "" -- \
         "${DCAC[@]}" bench train --device cuda --batch-size 64 --settings fp16:encode fp16:cache bf16:cache \
         --steps 12 --warmup 4 --plan --json-out @STEP@/figures.json
     add_step bench_eval_cuda bench 1 40 "" -- \
@@ -177,7 +177,7 @@ define_gpu_steps() {
 }
 
 define_dependency_step() {
-    add_step dependencies deps 0 30 "" -- "$PYTHON" "$HELPER" deps --out @STEP@/dependencies.json
+    add_step dependencies deps 0 45 "" -- "$PYTHON" "$HELPER" deps --out @STEP@/dependencies.json
 }
 
 define_cpu_steps() {
@@ -333,6 +333,7 @@ skip_steps() {  # skip_steps REASON DIR...
 # installed into a folder of the work folder, first on PYTHONPATH, never into the machine's Python.
 WHEELS=${DEVICE_CHECK_WHEELS:-$REPO/.whl}
 WHEEL_LINE=""
+WHEELS_FAILED=0
 install_carried_wheels() {
     local -a wheels
     shopt -s nullglob
@@ -346,6 +347,7 @@ install_carried_wheels() {
         WHEEL_LINE="${#wheels[@]} carried wheels installed into $site"
     else
         WHEEL_LINE="installing the ${#wheels[@]} carried wheels failed: $(tail -n 1 "$WORK/wheels.log")"
+        WHEELS_FAILED=1
     fi
     progress "$WHEEL_LINE"
 }
@@ -394,7 +396,14 @@ if [ "$DRY_RUN" = 1 ]; then
 elif [ "$HAVE_GPU" = 1 ]; then
     MODE=gpu
     echo "device_check: $ENV_LINE: running the GPU steps ($([ -n "$ONLY" ] && echo "only $ONLY" || echo "$GPU_STEPS")) within ${BUDGET} s"
-    run_steps "$DEPENDENCY_STEP"
+    if [ "$WHEELS_FAILED" = 1 ]; then  # what they carry would be missing: the check would only repeat it
+        meta_set "$DEPENDENCY_STEP" status failed
+        meta_set "$DEPENDENCY_STEP" reason "$WHEEL_LINE"
+        printf '%s\n' "$WHEEL_LINE" >"$DEPENDENCY_STEP/stderr"
+        EXIT=1
+    else
+        run_steps "$DEPENDENCY_STEP"
+    fi
     if case "$(meta_get "$DEPENDENCY_STEP" status)" in failed | timeout) true ;; *) false ;; esac; then
         skip_steps "dependencies: $(tail -n 1 "$DEPENDENCY_STEP/stderr" 2>/dev/null)" "${GPU_STEP_DIRS[@]}"
     else
