@@ -8,6 +8,13 @@ the modules are built on PyTorch's meta device and every tensor becomes a FakeTe
 storage) that presents itself as a CPU tensor, so the engine, which runs on the CPU without
 a GPU, and CPU autocast work unchanged, while FLOP counters and memory trackers see every
 operation of the real-size step within seconds.
+
+A symbolic step may present its tensors as CUDA tensors instead (``fake_device="cuda"``):
+the engine then takes its GPU code paths (CUDA autocast, the gradient scaler for fp16,
+``.cuda()`` and ``.to(device)`` moves), and FakeTensor's device checks catch any tensor left
+on the CPU, without a GPU. That needs torch.cuda to answer as if a GPU were there
+(``is_available``, ``current_device``, ...) while FakeTensorMode still keeps away from the
+CUDA runtime: the caller patches both, as tests/fake_cuda.py does.
 """
 from __future__ import annotations
 
@@ -184,7 +191,7 @@ def _build_engine(cfg: CN, num_classes: int, model: nn.Module, feedback: Optiona
     manager = SimpleNamespace(train_loader=None, test_loader={}, num_train_pids=num_classes, sources=[])
     # The dcac engine moves its feedback to its device; Module.to swaps FakeTensor parameters
     # for new ones, which fails for parameters the optimizer already holds. A symbolic
-    # feedback is on its (fake) CPU device already, so it is attached after construction.
+    # feedback is on its (fake) device already, so it is attached after construction.
     extra = {"auxiliary": feedback} if feedback is not None and not symbolic else {}
     engine = ENGINES.get(cfg.engine).from_config(cfg, manager, model, optimizer, None, use_gpu, **extra)
     if feedback is not None and symbolic:
@@ -214,15 +221,20 @@ def _attach_batch(cfg: CN, engine, batch_size: int, num_classes: int, device: to
 
 
 def build_training_step(cfg: CN, num_classes: int = 751, batch_size: int = 8,
-                        device: str = "cpu") -> TrainingStep:
+                        device: str = "cpu", fake_device: str = "cpu") -> TrainingStep:
     """The training step of ``cfg.engine`` (baseline or dcac) on ``device`` (cpu, cuda, meta),
     for a batch of ``batch_size`` images of ``num_classes`` identities, in train mode.
 
-    Precision, gradient checkpointing, LoRA rank, fine-tuning mode, latent cache and image
-    sizes come from ``cfg`` (see :func:`benchmark_config`).
+    On ``meta`` the step's FakeTensors present as tensors on ``fake_device``: ``cpu`` (FLOP
+    counts, memory plans) or ``cuda`` (the engine's GPU code paths, with torch.cuda patched
+    to report a GPU; see the module's docstring). Precision, gradient checkpointing, LoRA
+    rank, fine-tuning mode, latent cache and image sizes come from ``cfg`` (see
+    :func:`benchmark_config`).
     """
-    torch.manual_seed(0)
     dev = torch.device(device)
+    if fake_device != "cpu" and dev.type != "meta":
+        raise ValueError(f"fake_device {fake_device!r} is for steps built on meta, not on {device!r}")
+    torch.manual_seed(0)
     diffusion_configs = _diffusion_configs(cfg)  # outside the meta context: it may write files
     fake_mode = None
     if dev.type == "meta":
@@ -233,10 +245,12 @@ def build_training_step(cfg: CN, num_classes: int = 751, batch_size: int = 8,
         # Real tensors the modules keep outside parameters and buffers (the noise
         # schedule) are faked where they are used.
         fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+        dev = torch.device(fake_device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", 0)  # as the engine names its device, and FakeTensors normalise it
         for network in (model, feedback):
             if network is not None:
-                as_fake(network, fake_mode)
-        dev = CPU
+                as_fake(network, fake_mode, dev)
     else:
         model, feedback = _build_networks(cfg, num_classes, dev, diffusion_configs)
     with fake_mode if fake_mode is not None else contextlib.nullcontext():
