@@ -59,7 +59,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_GPU_EXIT = 3
 # Lines of a step's output kept as its error when it failed.
-ERROR_CHARS = 400
+ERROR_CHARS = 2000
 
 
 # ----------------------------------------------------------------------------- environment

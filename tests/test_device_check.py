@@ -145,7 +145,7 @@ def test_dry_run_prints_every_gpu_command_and_each_is_accepted_by_its_parsers(dr
     bench = steps["bench_train"]["command"]
     # The paper's Table 6 setting (fp16, the VAE encoding every step) and ours, at the paper's batch.
     assert bench == (f"{dcac} bench train --device cuda --batch-size 64 --settings fp16:encode fp16:cache bf16:cache "
-                     f"--steps 12 --warmup 4 --plan --json-out {work}/steps/03_bench_train/figures.json")
+                     f"--steps 12 --warmup 4 --plan --json-out {work}/steps/02_bench_train/figures.json")
     # No CPU timing of torchreid's reference on the GPU run.
     assert steps["bench_eval_cuda"]["command"] == f"{dcac} bench eval --device cuda --no-reference"
     assert steps["train_cuda"]["command"] == (
