@@ -240,6 +240,14 @@ def test_gradient_scaler_scales_fp16_losses_only(forward_run, one_gpu):
         assert scaled is loss
 
 
+def test_train_amp_auto_on_a_gpu_with_bf16_trains_in_fp16_with_the_scaler(one_gpu):
+    # The fake GPU reports native bf16, as the paper's A6000 and every recent GPU do; the paper
+    # recipe's auto still gives the authors' fp16 autocast and gradient scaler.
+    step = cuda_step("baseline", "auto")
+    assert torch.cuda.is_bf16_supported(including_emulation=False)
+    assert step.engine.device == one_gpu and step.engine.amp == "fp16" and step.engine.scaler.is_enabled()
+
+
 # ------------------------------------------------------------------------ inference
 
 

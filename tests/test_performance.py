@@ -4,7 +4,7 @@ import torch
 from dcac_plugin.config import build_config
 from dcac_plugin.engines import baseline as baseline_module
 from dcac_plugin.launcher import check_config, resume
-from dcac_plugin.performance import resolve_amp
+from dcac_plugin.performance import grad_scaler, resolve_amp
 from dcac_plugin.cli import demo_config_path
 from dcac_plugin.config import ConfigError
 
@@ -70,12 +70,15 @@ def bf16_support(native: bool, emulated: bool):
     return lambda including_emulation=True: native or (including_emulation and emulated)
 
 
-@pytest.mark.parametrize("native,emulated,expected", [(True, True, "bf16"),  # Ampere and newer
-                                                      (False, True, "fp16"),  # V100, T4: bf16 only emulated
-                                                      (False, False, "fp16")])
-def test_auto_on_a_gpu_is_bf16_where_supported_else_fp16(monkeypatch, native, emulated, expected):
+@pytest.mark.parametrize("native,emulated", [(True, True),  # Ampere and newer (the paper's A6000, H100)
+                                             (False, True),  # V100, T4: bf16 only emulated
+                                             (False, False)])  # older GPUs: no bf16 at all
+def test_auto_on_any_gpu_is_fp16_with_a_scaler_as_the_authors_trained(monkeypatch, native, emulated):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_support(native, emulated))
-    assert resolve_amp("auto", torch.device("cuda", 0)) == expected
+    assert torch.cuda.is_bf16_supported() == (native or emulated)  # the GPU the test stands for
+    mode = resolve_amp("auto", torch.device("cuda", 0))
+    assert mode == "fp16"
+    assert grad_scaler(torch.device("cpu"), mode).is_enabled()  # fp16 always gets its scaler
 
 
 def test_auto_on_the_cpu_is_off_and_explicit_modes_are_kept(monkeypatch):
