@@ -113,6 +113,18 @@ def test_training_logs_every_loss_term_and_each_evaluation_once_to_tensorboard(t
     assert [os.path.basename(p) for p in written] == ["losses.png", "lr.png", "evaluation.png"]
 
 
+def test_a_real_run_trains_each_epoch_at_the_authors_warm_up_rate(trained_run):
+    from dcac_plugin.visualize.curves import read_scalars
+
+    # demo_baseline: lr 0.001, 2 warm-up epochs from 0.1x. The authors' scheduler, stepped with
+    # the 1-based epoch before it: epoch 1 at 0.001 x (0.1 x 0.5 + 0.5), epoch 2 at the full rate.
+    rates = [value for _, value in sorted(read_scalars(trained_run)["Train/lr"])]
+    epoch_1 = rates[:rates.index(max(rates))]
+    assert epoch_1 and epoch_1 == pytest.approx([5.5e-4] * len(epoch_1), rel=1e-6)
+    assert rates[len(epoch_1):] == pytest.approx([1e-3] * len(epoch_1), rel=1e-6)
+    assert len(rates) == 2 * len(epoch_1)  # as many steps in each epoch
+
+
 def test_toolbox_triplet_engine_trains_and_checks_its_loss_terms(data_root, tmp_path):
     # torchreid's triplet engine reports loss_t / loss_x (no `loss`); our finiteness check reads all terms.
     code = main(["train", "--config-file", demo_config_path("softmax"), "--root", data_root,
