@@ -102,8 +102,8 @@ def get_default_config() -> CN:
     # slower on GPUs. False changes none of them (PyTorch's defaults; cudnn.benchmark stays off).
     cfg.train.deterministic = False
     # Ours (speed and memory; none changes the maths beyond numerical precision):
-    # off | bf16 | fp16 (fp16 with a gradient scaler) | auto (bf16 on GPUs that support it,
-    # else fp16 on a GPU, off on the CPU)
+    # off | bf16 | fp16 (fp16 with a gradient scaler) | auto (fp16 with a gradient scaler on
+    # every CUDA GPU, as the authors trained; off on the CPU)
     cfg.train.amp = "off"
     cfg.train.gradient_checkpointing = False  # ViT and U-Net blocks recompute activations in backward
     cfg.train.compile = ""  # a torch.compile backend (e.g. inductor) for the Re-ID model and U-Net; '' = off
@@ -217,6 +217,7 @@ def paper_recipe() -> dict:
             "stepsize": [30, 50],
             "gamma": 0.1,
             "amp": "auto",  # the reference trains with fp16 autocast and a gradient scaler
+            "seed": 1234,  # the reference's (alchemycat_configs/base/model.yaml)
         },
         "loss": {"softmax": {"label_smooth": True}},
         "msmt17": {"train_with_val": True},  # all 32,621 training images (Table 1), as the reference

@@ -40,6 +40,8 @@ def test_paper_engines_start_from_the_paper_recipe(tmp_path):
     assert cfg.dcac.pcl.temperature == 0.01 and cfg.dcac.pcl.momentum == 0.2
     # The reference's training set (MSMT17 with its val images) and mixed precision.
     assert cfg.msmt17.train_with_val is True and cfg.train.amp == "auto"
+    assert cfg.train.seed == 1234 and cfg.train.deterministic is False  # the reference's seed
+    assert build_config(None, []).train.seed == 1  # torchreid's, without the recipe
     # engine chosen on the command line also selects the recipe
     assert build_config(None, ["engine", "baseline"]).train.lr == 5e-6
 
