@@ -267,8 +267,11 @@ def write_msmt17_folder(root: PathLike) -> Expected:
         junk=[("bounding_box_test", -1, 10)])
 
 
-def write_cuhk03_np(root: PathLike, subsets: Sequence[str] = ("detected", "labeled")) -> Dict[str, Expected]:
-    """``cuhk03-np/<subset>/`` png folders, as ``cuhk03_np`` reads them, for each of ``subsets``.
+def write_cuhk03_np(root: PathLike, subsets: Sequence[str] = ("detected", "labeled"),
+                    folder: str = "cuhk03-np") -> Dict[str, Expected]:
+    """``<folder>/<subset>/`` png folders, as ``cuhk03_np`` reads them, for each of ``subsets``:
+    ``cuhk03-np/`` as the published ``cuhk03-np.zip`` unpacks, or ``cuhk03np/`` as the DCAC
+    authors' reader (``engine/datasets/cuhk03_np.py``) reads ``<root>/cuhk03np/<protocol>/``.
 
     Names ``<pid>_c<camera>_<n>.png``, cameras 1 and 2. Both subsets have the same identities
     (3 train, 2 test); ``labeled`` has more images, so a test can tell which one was read.
@@ -277,7 +280,7 @@ def write_cuhk03_np(root: PathLike, subsets: Sequence[str] = ("detected", "label
     for subset in subsets:
         per_id = {"detected": 2, "labeled": 3}[subset]
         expected[subset] = _market_style(
-            Path(root) / "cuhk03-np" / subset, lambda pid, camera, i: f"{pid:04d}_c{camera}_{i}.png",
+            Path(root) / folder / subset, lambda pid, camera, i: f"{pid:04d}_c{camera}_{i}.png",
             {"bounding_box_train": _cycle_cameras([1, 4, 6], per_id, 2),
              "query": [(2, 1), (5, 2)],
              "bounding_box_test": [(2, 2), (5, 1)] + [(5, 2)] * (per_id - 2)})

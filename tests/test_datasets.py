@@ -50,6 +50,11 @@ CASES: Dict[str, Tuple[str, Callable[[Path], Expected], dict, Tuple[int, int, in
     "cuhk03_np-detected": ("cuhk03_np", lambda root: write_cuhk03_np(root)["detected"], {}, (3, 6, 2, 2, 2)),
     "cuhk03_np-labeled": ("cuhk03_np", lambda root: write_cuhk03_np(root)["labeled"], {"cuhk03_labeled": True},
                           (3, 9, 2, 2, 3)),
+    # The same release in the folder the DCAC authors' reader opens: <root>/cuhk03np/<protocol>/.
+    "cuhk03_np-authors-detected": ("cuhk03_np", lambda root: write_cuhk03_np(root, folder="cuhk03np")["detected"], {},
+                                   (3, 6, 2, 2, 2)),
+    "cuhk03_np-authors-labeled": ("cuhk03_np", lambda root: write_cuhk03_np(root, folder="cuhk03np")["labeled"],
+                                  {"cuhk03_labeled": True}, (3, 9, 2, 2, 3)),
 }
 
 
@@ -162,6 +167,48 @@ def test_cuhk03_np_with_the_detected_subset_only(tmp_path):
         load(tmp_path, ["cuhk03_np"], cuhk03_labeled=True)
     assert caught.value.missing == os.path.join(str(tmp_path), "cuhk03-np", "labeled")
     assert "cuhk03.labeled_images is True" in str(caught.value)
+
+
+def test_cuhk03_np_in_both_folders_reads_the_authors_and_says_so(tmp_path, capsys):
+    authors = write_cuhk03_np(tmp_path, subsets=("detected",), folder="cuhk03np")["detected"]
+    write_cuhk03_np(tmp_path, folder="cuhk03-np")
+    manager = load(tmp_path, ["cuhk03_np"])
+    assert_relabelled(manager.train_loader.dataset.train, authors.train)
+    chosen, other = (os.path.join(str(tmp_path), folder, "detected") for folder in ("cuhk03np", "cuhk03-np"))
+    assert (f"Dataset 'cuhk03_np': {chosen} and {other} both exist; reading {chosen} (the DCAC authors' folder "
+            "name comes first)") in capsys.readouterr().out
+    # The labeled subset is only in cuhk03-np/: read from there, nothing to say.
+    labeled = load(tmp_path, ["cuhk03_np"], cuhk03_labeled=True).train_loader.dataset.train
+    assert all(os.path.dirname(os.path.dirname(item[0])) == os.path.join(str(tmp_path), "cuhk03-np", "labeled")
+               for item in labeled)
+    assert "both exist" not in capsys.readouterr().out
+
+
+def test_cuhk03_np_folder_linked_under_the_other_name_counts_once(tmp_path, capsys):
+    expected = write_cuhk03_np(tmp_path, subsets=("detected",), folder="cuhk03-np")["detected"]
+    os.symlink(tmp_path / "cuhk03-np", tmp_path / "cuhk03np")
+    manager = load(tmp_path, ["cuhk03_np"])
+    assert sorted(os.path.basename(item[0]) for item in manager.train_loader.dataset.train) == sorted(
+        os.path.basename(path) for path, _, _ in expected.train)
+    assert "both exist" not in capsys.readouterr().out
+
+
+def test_cuhk03_np_missing_names_both_folders(tmp_path):
+    (tmp_path / "market1501").mkdir()  # a data root, without CUHK03-NP
+    with pytest.raises(DatasetLayoutError) as caught:
+        check_dataset_layout("cuhk03_np", str(tmp_path))
+    authors, published = (os.path.join(str(tmp_path), folder) for folder in ("cuhk03np", "cuhk03-np"))
+    assert caught.value.missing == authors
+    assert f"Dataset 'cuhk03_np' is not in the data root: none of {authors}, {published} exists." in str(caught.value)
+    assert "cuhk03-np/, as the published" in str(caught.value)  # the tree names both
+
+
+def test_cuhk03_np_authors_folder_without_the_subset_read_names_it(tmp_path):
+    write_cuhk03_np(tmp_path, subsets=("labeled",), folder="cuhk03np")
+    with pytest.raises(DatasetLayoutError) as caught:
+        load(tmp_path, ["cuhk03_np"])
+    assert caught.value.missing == os.path.join(str(tmp_path), "cuhk03np", "detected")
+    assert "cuhk03.labeled_images is False" in str(caught.value)
 
 
 def test_unparsable_names_and_cameras_are_named(tmp_path):

@@ -17,12 +17,19 @@ count as the same domains as torchreid's readers (``protocols.SAME_DOMAIN``).
     as their sub-folders differ.) MSMT17 numbers its identities from 0, so pid 0 is a person
     here (in Market it is background).
 
-``cuhk03_np``: ``<root>/cuhk03-np/{detected,labeled}/{bounding_box_train,bounding_box_test,query}/*.png``,
+``cuhk03_np``: ``<root>/cuhk03np/{detected,labeled}/{bounding_box_train,bounding_box_test,query}/*.png``,
     the CUHK03-NP release (Zhong et al., CVPR 2017: 767 training / 700 test identities) with file
-    names such as ``0001_c1_1.png`` (camera 1 or 2). The copy of the reference we could read
-    has no CUHK03 reader file; readers of the lineage its readers come from (TransReID /
-    CLIP-ReID-style ``BaseImageDataset`` classes with ``pid_begin``) use exactly this tree
-    (``dataset_dir = 'cuhk03-np/detected'``, ``*.png``, ``([-\\d]+)_c(\\d)``, cameras 1..2).
+    names such as ``0001_c1_1.png`` (camera 1 or 2). The folder name is the reference's
+    (``engine/datasets/cuhk03_np.py``, class ``CUHK03_NP``: ``dataset_dir = 'cuhk03np'``, then the
+    protocol folder ``detected`` or ``labeled``, the three Market folders, ``*.png``, pid and camera
+    parsed with ``([-\\d]+)_c(\\d)``, cameras checked to be 1..2 and made 0-based, pid -1 skipped,
+    training pids relabelled). ``<root>/cuhk03-np/`` is read too: it is what the published archive
+    unpacks as (the download linked from zhunzhong07/person-re-ranking's ``CUHK03-NP/README.md``,
+    ``cuhk03-np.zip``, holds ``cuhk03-np/{detected,labeled}/``; EANet's README lists
+    ``cuhk03-np  # Extracted from cuhk03-np.zip``, and OpenUnReID's ``CUHK03np``
+    (``dataset_dir = 'cuhk03-np'``) and EANet's ``CUHK03NpDetectedPng`` read it under that name).
+    Where both folders hold the subset read, ``cuhk03np/`` (the reference's) is read and the run
+    says so; a folder that is a link to the other counts once.
     The subset follows torchreid's own switch: ``ImageDataManager`` passes
     ``cuhk03_labeled=cfg.cuhk03.labeled_images`` to every dataset, so ``detected/`` is read by
     default (as in the paper) and ``labeled/`` only when it is True. Only the subset read has to
@@ -66,8 +73,9 @@ MSMT17_FOLDER_LAYOUT = DatasetLayout(
 CUHK03_NP_LAYOUT = DatasetLayout(
     # Either subset satisfies the pre-flight check, which cannot know which one the run reads;
     # the dataset checks the subset it reads when it is built.
-    folder="cuhk03-np", alternatives=("detected", "labeled"), required=_SPLIT_DIRS,
-    tree=("cuhk03-np/\n"
+    folder="cuhk03np", other_folders=("cuhk03-np",), alternatives=("detected", "labeled"), required=_SPLIT_DIRS,
+    tree=("cuhk03np/                       as the DCAC reference code reads it; or cuhk03-np/, as the published\n"
+          "                                cuhk03-np.zip unpacks (with both, cuhk03np/ is read)\n"
           "    detected/                   read by default (cuhk03.labeled_images False, as in the paper)\n"
           "        bounding_box_train/     training images, e.g. 0001_c1_1.png (cameras c1, c2)\n"
           "        bounding_box_test/      gallery images\n"
@@ -141,6 +149,21 @@ class MSMT17Folder(reid_data.ImageDataset):
         super().__init__(train, query, gallery, **kwargs)
 
 
+def cuhk03_np_subset_dir(root: str, subset: str) -> Tuple[str, str]:
+    """(folder of ``subset`` to read, a note or ''): under the first of the layout's folder names
+    holding it; where none does, under the first that exists (or the first name), for the error."""
+    names = CUHK03_NP_LAYOUT.folder_names()
+    holding = [os.path.join(root, name, subset) for name in names if os.path.isdir(os.path.join(root, name, subset))]
+    if not holding:
+        existing = [name for name in names if os.path.isdir(os.path.join(root, name))] or list(names)
+        return os.path.join(root, existing[0], subset), ""
+    chosen = holding[0]
+    others = [path for path in holding[1:] if not os.path.samefile(path, chosen)]
+    note = (f"Dataset 'cuhk03_np': {chosen} and {', '.join(others)} both exist; reading {chosen} (the DCAC "
+            "authors' folder name comes first)" if others else "")
+    return chosen, note
+
+
 class CUHK03NP(reid_data.ImageDataset):
     """CUHK03-NP (767 training identities, 2 cameras) from its png release; ``cuhk03_labeled``
     (torchreid's switch, ``cuhk03.labeled_images``) picks ``labeled/`` over ``detected/``."""
@@ -152,9 +175,11 @@ class CUHK03NP(reid_data.ImageDataset):
     def __init__(self, root: str = "", cuhk03_labeled: bool = False, **kwargs) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         check_dataset_layout(self.name, self.root)
-        self.dataset_dir = os.path.join(self.root, CUHK03_NP_LAYOUT.folder)
         self.subset = "labeled" if cuhk03_labeled else "detected"
-        self.data_dir = os.path.join(self.dataset_dir, self.subset)
+        self.data_dir, note = cuhk03_np_subset_dir(self.root, self.subset)
+        if note:
+            print(note)
+        self.dataset_dir = os.path.dirname(self.data_dir)
         why = f" (cuhk03.labeled_images is {bool(cuhk03_labeled)}, so the {self.subset} subset is read)"
         train, query, gallery = _read_splits(self.name, CUHK03_NP_LAYOUT, CUHK03_NP_NAMES, self.root,
                                              self.data_dir, why=why)

@@ -189,7 +189,8 @@ class ListLines:
 class DatasetLayout:
     """Where one dataset's files must be, relative to the data root.
 
-    ``folder`` is the dataset's folder under the root (torchreid's ``dataset_dir``).
+    ``folder`` is the dataset's folder under the root (torchreid's ``dataset_dir``);
+    ``other_folders`` are other names it has in published layouts, tried after ``folder``.
     ``alternatives`` are the sub-roots inside ``folder`` that torchreid accepts, in its order of
     preference: the first one that is a directory is used (``""`` is ``folder`` itself), and the
     check fails if none is. ``required`` are paths under the chosen sub-root;
@@ -202,6 +203,7 @@ class DatasetLayout:
 
     folder: str
     tree: str
+    other_folders: Tuple[str, ...] = ()
     alternatives: Tuple[str, ...] = ("",)
     required: Tuple[str, ...] = ()
     required_by_alternative: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
@@ -212,6 +214,10 @@ class DatasetLayout:
         """Every path that must exist under the sub-root ``alternative``."""
         extra = dict(self.required_by_alternative).get(alternative, ())
         return self.required + tuple(extra)
+
+    def folder_names(self) -> Tuple[str, ...]:
+        """The names the dataset's folder may have under the root, in order of preference."""
+        return (self.folder,) + self.other_folders
 
 
 _MSMT17_LISTS = ("list_train.txt", "list_val.txt", "list_query.txt", "list_gallery.txt")
@@ -320,9 +326,15 @@ def check_dataset_layout(name: str, root: str) -> None:
 
     if not os.path.isdir(root):
         raise fail(root, f"Data root {root} does not exist (needed by dataset {name!r}).")
-    folder = os.path.join(root, layout.folder)
-    if not os.path.isdir(folder):
-        raise fail(folder, f"Dataset {name!r} is not in the data root: {folder} does not exist.")
+    folders = [os.path.join(root, folder) for folder in layout.folder_names()]
+    existing = [folder for folder in folders if os.path.isdir(folder)]
+    if not existing:
+        what = f"none of {', '.join(folders)} exists" if len(folders) > 1 else f"{folders[0]} does not exist"
+        raise fail(folders[0], f"Dataset {name!r} is not in the data root: {what}.")
+    # Of several names present, the first holding a sub-root is checked; a dataset reading one
+    # sub-root of several (cuhk03_np's subsets) checks the one it reads when it is built.
+    folder = next((f for f in existing if any(os.path.isdir(os.path.join(f, alt)) for alt in layout.alternatives)),
+                  existing[0])
     chosen = next((alt for alt in layout.alternatives if os.path.isdir(os.path.join(folder, alt))), None)
     if chosen is None:
         candidates = [os.path.join(folder, alt) for alt in layout.alternatives]
