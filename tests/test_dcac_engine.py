@@ -15,7 +15,7 @@ from dcac_plugin.diffusion import save_tiny_stable_diffusion
 from dcac_plugin.engines.dcac import DCACEngine, build_diffusion_feedback
 from dcac_plugin.launcher import prepare
 
-from conftest import fixed_dcac_batch
+from conftest import fixed_dcac_batch, make_engine
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,24 @@ def test_diffusion_loss_alone_reaches_the_reid_model_and_not_frozen_weights(tiny
     frozen_unet = [p for n, p in feedback.denoiser.unet.named_parameters() if "lora_" not in n]
     assert frozen_unet and all(p.grad is None and not p.requires_grad for p in frozen_unet)
     assert all(p.grad is None for p in feedback.denoiser.vae.parameters())
+
+
+def test_the_bnneck_runs_once_per_training_step(tiny_sd):
+    # The reference runs it twice per step (encoder, then the diffusion wrapper), updating its
+    # running statistics twice; ours hands the one f_bn and logits to all three losses.
+    engine, model, _ = make_engine(tiny_sd)
+    batch = fixed_dcac_batch(engine, model)
+    calls = []
+    handle = model.bnneck.register_forward_hook(lambda module, inputs, output: calls.append(module.training))
+    tracked, running_mean = int(model.bnneck.num_batches_tracked), model.bnneck.running_mean.clone()
+    try:
+        summary = engine.forward_backward(batch)
+    finally:
+        handle.remove()
+    assert summary["loss_dif"] > 0  # the diffusion branch did run on this step
+    assert calls == [True]
+    assert int(model.bnneck.num_batches_tracked) == tracked + 1
+    assert not torch.equal(model.bnneck.running_mean, running_mean)
 
 
 def fake_datamanager(num_classes):

@@ -5,8 +5,8 @@ import torch
 from PIL import Image
 
 from dcac_plugin.data.views import diffusion_view_transform
-from dcac_plugin.diffusion import (DiffusionDenoiser, load_diffusion_components, sample_from_posterior,
-                                   sample_latents, save_tiny_stable_diffusion)
+from dcac_plugin.diffusion import (DiffusionDenoiser, load_diffusion_components, posterior_parameters,
+                                   sample_from_posterior, sample_latents, save_tiny_stable_diffusion)
 from dcac_plugin.diffusion.latent_cache import LatentCache, vae_fingerprint
 
 
@@ -43,6 +43,20 @@ def test_cached_latents_and_loss_equal_encoding_on_the_fly(components, images, t
     latents = sample_from_posterior(mean, std, generator, vae.config.scaling_factor)
     loss_cached = denoiser(None, condition, generator=generator, latents=latents)
     torch.testing.assert_close(loss_cached, loss_fly, atol=1e-6, rtol=1e-5)
+
+
+def test_posteriors_are_encoded_once_in_float32_even_inside_autocast(components, images, tmp_path):
+    vae, transform = components.vae, diffusion_view_transform(128)
+    pixels = torch.stack([transform(Image.open(p).convert("RGB")) for p in images])
+    fp32_mean, fp32_std = posterior_parameters(vae, pixels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low_mean, _ = posterior_parameters(vae, pixels)  # what encoding under the run's autocast gives
+        cache = LatentCache(str(tmp_path / "cache.pth"), vae_fingerprint(vae, 128))
+        assert cache.build(images, vae, transform, batch_size=len(images)) == 5
+    assert not torch.equal(low_mean.float(), fp32_mean)
+    mean, std = cache.lookup(images)
+    assert mean.dtype == std.dtype == torch.float32
+    assert torch.equal(mean, fp32_mean) and torch.equal(std, fp32_std)
 
 
 def test_cache_is_reused_and_invalidated_per_file_and_per_vae(components, images, tmp_path):

@@ -3,12 +3,14 @@ import torch
 
 from dcac_plugin.config import build_config
 from dcac_plugin.engines import baseline as baseline_module
+from dcac_plugin.engines.baseline import BaselineEngine
+from dcac_plugin.losses.pcl import prototypical_contrastive_loss
 from dcac_plugin.launcher import check_config, resume
-from dcac_plugin.performance import grad_scaler, resolve_amp
+from dcac_plugin.performance import autocast, grad_scaler, resolve_amp
 from dcac_plugin.cli import demo_config_path
 from dcac_plugin.config import ConfigError
 
-from conftest import make_engine, one_dcac_step
+from conftest import fixed_dcac_batch, make_engine, one_dcac_step
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,23 @@ def test_mixed_precision_matches_fp32_within_precision(tiny_sd, reference, amp):
     prompts = "fb.condition.prompts"
     cosine = torch.nn.functional.cosine_similarity(grads[prompts].flatten(), ref_grads[prompts].flatten(), dim=0)
     assert cosine > 0.95
+
+
+def test_pcl_logits_are_computed_in_float32_under_autocast(tiny_sd):
+    # PCL divides by tau = 0.01: the reference multiplies in fp16 first, which rounds the logits
+    # to about 0.05. Ours leaves autocast for the Re-ID losses.
+    engine, model, _ = make_engine(tiny_sd, "bf16")
+    batch = fixed_dcac_batch(engine, model)
+    pids = batch["pid"]
+    with autocast(engine.device, engine.amp):
+        output = model(batch["img"][0])
+        terms = BaselineEngine.compute_losses(engine, output, pids, batch)
+        in_autocast = prototypical_contrastive_loss(output.f_bn.float(), engine.memory.prototypes, pids, 0.01)
+    assert output.logits.dtype == torch.bfloat16  # the model itself ran in the low precision
+    in_float32 = prototypical_contrastive_loss(output.f_bn.float(), engine.memory.prototypes, pids, 0.01)
+    assert terms["loss_pcl"].dtype == torch.float32
+    assert torch.equal(terms["loss_pcl"], in_float32)
+    assert not torch.equal(in_autocast, in_float32)  # the same product under autocast differs
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_sd, reference):

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ..checkpoint import atomic_save, load_checkpoint
 from ..data.loaders import image_list_loader
+from ..performance import full_precision
 from .denoising import posterior_parameters
 
 FileKey = Tuple[str, int, int]  # absolute path, size in bytes, modification time (ns)
@@ -96,7 +97,10 @@ class LatentCache:
         loader = image_list_loader([(p, 0, 0) for p in paths], transform, batch_size, workers)
         means, stds = [], []
         for batch in tqdm(loader, desc="Latent cache (VAE posteriors)", dynamic_ncols=True):
-            mean, std = posterior_parameters(vae, batch["img"].to(device))
+            # Once per image, so in fp32 whatever train.amp is (the reference encodes every step
+            # under fp16 autocast); every step then samples from these.
+            with full_precision(torch.device(device)):
+                mean, std = posterior_parameters(vae, batch["img"].to(device))
             means.append(mean.float().cpu())
             stds.append(std.float().cpu())
         return torch.cat(means), torch.cat(stds)
