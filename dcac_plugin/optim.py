@@ -21,8 +21,9 @@ def warmup_multi_step_factor(epoch: int, milestones: Sequence[int], gamma: float
     epoch e < W (``warmup_epochs``) trains at f + (1 - f) e / W (f = ``warmup_factor``), later
     ones at the full rate, each times ``gamma`` per milestone m <= e. With the paper's values
     (lr 5e-6, f 0.1, W 10, milestones 30 and 50): epoch 1 at 9.5e-7, epoch 9 at 4.55e-6,
-    epochs 10-29 at 5e-6, 30-49 at 5e-7, 50-60 at 5e-8 ("decayed by 0.1 at the 30th and 50th
-    epoch").
+    epochs 10-29 at 5e-6, 30-49 at 5e-7, 50-60 at 5e-8 (the paper: "multiplied with a factor of
+    0.1 at the 30th and 50th epoch"; its "starts at a learning rate of 5e-7" is the warm-up's
+    starting factor, at which no epoch trains).
     """
     warmup = 1.0
     if epoch < warmup_epochs:

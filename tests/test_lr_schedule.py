@@ -86,7 +86,7 @@ def test_every_epoch_of_a_run_trains_at_the_authors_rate(tmp_path):
     probe.train_epochs(str(tmp_path), EPOCHS)
     assert list(probe.rates) == list(range(1, EPOCHS + 1))
     assert list(probe.rates.values()) == pytest.approx(AUTHORS_RATES, rel=1e-12)
-    # The paper's "decayed by 0.1 at the 30th and 50th epoch": the drops come at epochs 30 and 50.
+    # The paper's "multiplied with a factor of 0.1 at the 30th and 50th epoch": drops at epochs 30 and 50.
     assert probe.rates[29] == pytest.approx(10 * probe.rates[30]) == pytest.approx(100 * probe.rates[50])
 
 
