@@ -203,12 +203,12 @@ class DatasetLayout:
 
     folder: str
     tree: str
-    other_folders: Tuple[str, ...] = ()
     alternatives: Tuple[str, ...] = ("",)
     required: Tuple[str, ...] = ()
     required_by_alternative: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
     generated: bool = False
     names: Optional[Union[ImageNames, ListLines]] = None
+    other_folders: Tuple[str, ...] = ()
 
     def required_under(self, alternative: str) -> Tuple[str, ...]:
         """Every path that must exist under the sub-root ``alternative``."""
