@@ -8,7 +8,7 @@ test checks that the shipped files are exactly these, so the hyper-parameter rul
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .protocols import (ABBREVIATIONS, MULTI_SOURCE_SETTINGS, SINGLE_SOURCE_PAIRS, condition_temperature_for,
                         lora_rank_for, setting_name)
@@ -63,16 +63,20 @@ def resize_at_test_lines(multi_source: bool) -> List[str]:
 
 
 def render_config(engine: str, sources: Sequence[str], target: str, where: str, ablation: Optional[Dict[str, object]] = None,
-                  title: str = "") -> str:
+                  title: str = "", kind: str = "", extra: Optional[Mapping[str, Sequence[str]]] = None) -> str:
     """One config: the paper recipe (applied by ``engine``) plus the source-dependent values;
-    ``ablation`` changes one dcac setting (``finetune``, ``rank``, condition ``mode`` or ``transform``)."""
+    ``ablation`` changes one dcac setting (``finetune``, ``rank``, condition ``mode`` or ``transform``).
+    ``kind`` names the protocol in the header (default: single-source or leave-one-out multi-source);
+    ``extra`` adds lines at the end of top-level sections (``{"data": [...]}``) and, if given, the
+    run's save_dir is ``log/<where>``."""
     ablation = ablation or {}
     setting = setting_name(sources, target)
     rank, tau = ablation.get("rank", lora_rank_for(sources)), condition_temperature_for(sources)
-    kind = "multi-source (leave-one-out)" if len(sources) > 1 else "single-source"
+    kind = kind or ("multi-source (leave-one-out)" if len(sources) > 1 else "single-source")
     what = title or ("CLIP ViT-B/16 + ID loss + PCL (eq. 8)" if engine == "baseline" else
                      f"DCAC: LoRA rank {rank}, tau_c {tau}")
-    save_dir = f"log/{where}" if ablation else f"log/{engine}/{_stem(engine, sources, target).split('_', 1)[1]}"
+    save_dir = (f"log/{where}" if ablation or extra else
+                f"log/{engine}/{_stem(engine, sources, target).split('_', 1)[1]}")
     lines = [
         f"# {what}; {kind} {setting} ({where}).",
         f"# dcac train --config-file configs/{where}.yaml --root /path/to/reid-data",
@@ -98,7 +102,17 @@ def render_config(engine: str, sources: Sequence[str], target: str, where: str, 
         lines += [f"  finetune: {ablation.get('finetune', 'lora')}", "  lora:", f"    rank: {rank}", "  condition:"]
         lines += [f"    {key}: {ablation[key]}" for key in ("mode", "transform") if key in ablation]
         lines += [f"    temperature: {tau}"] + diffusion_source_lines()
-    return "\n".join(lines) + "\n"
+    return "\n".join(with_section_lines(lines, extra or {})) + "\n"
+
+
+def with_section_lines(lines: List[str], extra: Mapping[str, Sequence[str]]) -> List[str]:
+    """``lines`` of a YAML file with ``extra[section]`` added at the end of each top-level section."""
+    lines = list(lines)
+    for section, added in extra.items():
+        start = lines.index(f"{section}:")
+        end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith(" ")), len(lines))
+        lines[end:end] = list(added)
+    return lines
 
 
 def render_paper_configs() -> Dict[str, str]:
@@ -129,8 +143,12 @@ def render_paper_configs() -> Dict[str, str]:
                   f"# (or, in a checkout: dcac experiments --root DATA configs/lists/{table}.txt)\n")
         files[f"lists/{table}.txt"] = header + "\n".join(entries) + "\n"
     from .toolbox_configs import render_toolbox_configs  # it renders with this module's helpers
+    from .classical_configs import render_classical_configs  # the authors' other benchmark
+    from .released_configs import render_released_configs  # the authors' released models, evaluated
 
     files.update(render_toolbox_configs())
+    files.update(render_classical_configs())
+    files.update(render_released_configs())
     return files
 
 
@@ -147,4 +165,4 @@ def write_paper_configs(folder: str = PAPER_CONFIG_DIR) -> List[str]:
 
 
 __all__ = ["ABBREVIATIONS", "ABLATIONS", "PAPER_CONFIG_DIR", "render_config", "render_paper_configs",
-           "write_paper_configs"]
+           "with_section_lines", "write_paper_configs"]
