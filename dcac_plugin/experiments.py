@@ -239,7 +239,7 @@ def _split_rows(mean_row: dict, splits: Dict[str, dict]) -> List[dict]:
     for split_id, metrics in sorted(splits.items(), key=lambda item: int(item[0])):
         row = {**mean_row, "setting": mean_row["setting"].split(" (mean of", 1)[0], "split": split_id,
                "mAP": 100 * metrics["mAP"], "rank1": 100 * metrics["rank1"]}
-        row.update({column: None for column in ("paper_mAP", "paper_rank1", "delta_mAP", "delta_rank1", "paper_tables")})
+        row.update(dict.fromkeys(("paper_mAP", "paper_rank1", "delta_mAP", "delta_rank1", "paper_tables")))
         rows.append(row)
     return rows
 

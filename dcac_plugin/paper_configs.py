@@ -8,7 +8,7 @@ test checks that the shipped files are exactly these, so the hyper-parameter rul
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .protocols import (ABBREVIATIONS, MULTI_SOURCE_SETTINGS, SINGLE_SOURCE_PAIRS, condition_temperature_for,
                         lora_rank_for, setting_name)
@@ -62,28 +62,25 @@ def resize_at_test_lines(multi_source: bool) -> List[str]:
     return ["  test_resize_interpolation: bilinear  # the authors' single-source test loader (training: bicubic)"]
 
 
+def head_lines(title: str, where: str, engine: str) -> List[str]:
+    """A paper config's first lines: what it runs, how, its engine and the paper's model (CLIP ViT-B/16)."""
+    return [f"# {title} ({where}).", f"# dcac train --config-file configs/{where}.yaml --root /path/to/reid-data",
+            f"engine: {engine}", "model:", "  name: clip_vit_b16", "  pretrained: True"]
+
+
 def render_config(engine: str, sources: Sequence[str], target: str, where: str, ablation: Optional[Dict[str, object]] = None,
-                  title: str = "", kind: str = "", extra: Optional[Mapping[str, Sequence[str]]] = None) -> str:
+                  title: str = "") -> str:
     """One config: the paper recipe (applied by ``engine``) plus the source-dependent values;
-    ``ablation`` changes one dcac setting (``finetune``, ``rank``, condition ``mode`` or ``transform``).
-    ``kind`` names the protocol in the header (default: single-source or leave-one-out multi-source);
-    ``extra`` adds lines at the end of top-level sections (``{"data": [...]}``) and, if given, the
-    run's save_dir is ``log/<where>``."""
+    ``ablation`` changes one dcac setting (``finetune``, ``rank``, condition ``mode`` or ``transform``)."""
     ablation = ablation or {}
     setting = setting_name(sources, target)
     rank, tau = ablation.get("rank", lora_rank_for(sources)), condition_temperature_for(sources)
-    kind = kind or ("multi-source (leave-one-out)" if len(sources) > 1 else "single-source")
+    kind = "multi-source (leave-one-out)" if len(sources) > 1 else "single-source"
     what = title or ("CLIP ViT-B/16 + ID loss + PCL (eq. 8)" if engine == "baseline" else
                      f"DCAC: LoRA rank {rank}, tau_c {tau}")
-    save_dir = (f"log/{where}" if ablation or extra else
-                f"log/{engine}/{_stem(engine, sources, target).split('_', 1)[1]}")
+    save_dir = f"log/{where}" if ablation else f"log/{engine}/{_stem(engine, sources, target).split('_', 1)[1]}"
     lines = [
-        f"# {what}; {kind} {setting} ({where}).",
-        f"# dcac train --config-file configs/{where}.yaml --root /path/to/reid-data",
-        f"engine: {engine}",
-        "model:",
-        "  name: clip_vit_b16",
-        "  pretrained: True",
+        *head_lines(f"{what}; {kind} {setting}", where, engine),
         "data:",
         f"  sources: {yaml_list(sources)}",
         f"  targets: {yaml_list([target])}",
@@ -102,17 +99,15 @@ def render_config(engine: str, sources: Sequence[str], target: str, where: str, 
         lines += [f"  finetune: {ablation.get('finetune', 'lora')}", "  lora:", f"    rank: {rank}", "  condition:"]
         lines += [f"    {key}: {ablation[key]}" for key in ("mode", "transform") if key in ablation]
         lines += [f"    temperature: {tau}"] + diffusion_source_lines()
-    return "\n".join(with_section_lines(lines, extra or {})) + "\n"
+    return "\n".join(lines) + "\n"
 
 
-def with_section_lines(lines: List[str], extra: Mapping[str, Sequence[str]]) -> List[str]:
-    """``lines`` of a YAML file with ``extra[section]`` added at the end of each top-level section."""
-    lines = list(lines)
-    for section, added in extra.items():
-        start = lines.index(f"{section}:")
-        end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith(" ")), len(lines))
-        lines[end:end] = list(added)
-    return lines
+def with_run_list(configs: Dict[str, str], name: str, header: str) -> Dict[str, str]:
+    """``configs`` ({path without .yaml: text}) as files, and the run list ``lists/<name>.txt``:
+    ``header`` (comment lines), then the configs in their order, relative to the list."""
+    files = {where + ".yaml": text for where, text in configs.items()}
+    files[f"lists/{name}.txt"] = header + "".join(f"../{where}.yaml\n" for where in configs)
+    return files
 
 
 def render_paper_configs() -> Dict[str, str]:
@@ -165,4 +160,4 @@ def write_paper_configs(folder: str = PAPER_CONFIG_DIR) -> List[str]:
 
 
 __all__ = ["ABBREVIATIONS", "ABLATIONS", "PAPER_CONFIG_DIR", "render_config", "render_paper_configs",
-           "with_section_lines", "write_paper_configs"]
+           "head_lines", "with_run_list", "write_paper_configs"]

@@ -19,9 +19,9 @@ row in ``dcac experiments``' table) are those of the training configs.
 from __future__ import annotations
 
 import os.path as osp
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
-from .paper_configs import TABLE_OF_SOURCE, data_protocol_lines, resize_at_test_lines, yaml_list
+from .paper_configs import TABLE_OF_SOURCE, data_protocol_lines, resize_at_test_lines, with_run_list, yaml_list
 from .protocols import (ABBREVIATIONS, RELEASED_SETTINGS, condition_temperature_for, lora_rank_for,
                         released_checkpoint_name)
 
@@ -41,7 +41,8 @@ def render_released_config(sources: Sequence[str], targets: Sequence[str]) -> st
     protocol_target = "cuhk03" if "cuhk03" in targets else targets[0]
     lines = [
         f"# The authors' released model {name} (DCAC trained on {trained_on}), evaluated on {tested_on} ({table}).",
-        f"# dcac train --config-file configs/{where}.yaml --root /path/to/reid-data model.load_weights_dir /path/to/checkpoints",
+        f"# dcac train --config-file configs/{where}.yaml --root /path/to/reid-data "
+        "model.load_weights_dir /path/to/checkpoints",
         "engine: dcac",
         "model:",
         "  name: clip_vit_b16",
@@ -68,17 +69,13 @@ def render_released_config(sources: Sequence[str], targets: Sequence[str]) -> st
 
 def render_released_configs() -> Dict[str, str]:
     """{path relative to configs/paper: text}: one config per released model, and the run list."""
-    files: Dict[str, str] = {}
-    entries: List[str] = []
-    for sources, targets in RELEASED_SETTINGS:
-        where = released_config_name(sources)
-        files[where + ".yaml"] = render_released_config(sources, targets)
-        entries.append(f"../{where}.yaml")
-    files["lists/released.txt"] = (
-        "# The authors' eight released models, each evaluated on the targets of its protocol (Tables 2-4), no training:\n"
+    configs = {released_config_name(sources): render_released_config(sources, targets)
+               for sources, targets in RELEASED_SETTINGS}
+    return with_run_list(configs, "released", (
+        "# The authors' eight released models, each evaluated on the targets of its protocol (Tables 2-4), "
+        "no training:\n"
         "# dcac experiments --root DATA --out log/released released model.load_weights_dir /path/to/checkpoints\n"
-        "# (or, in a checkout: ... configs/lists/released.txt ...)\n" + "\n".join(entries) + "\n")
-    return files
+        "# (or, in a checkout: ... configs/lists/released.txt ...)\n"))
 
 
 __all__ = ["released_config_name", "render_released_config", "render_released_configs"]

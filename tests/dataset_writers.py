@@ -383,7 +383,8 @@ def write_grid(root: PathLike) -> GridRelease:
     for person in range(1, GRID_PERSONS + 1):
         probe_camera, gallery_camera = 1 + person % 8, 1 + (person + 3) % 8
         probe[person] = _save(base / "probe" / _grid_name(person, probe_camera, person), person, probe_camera, 0)
-        gallery[person] = _save(base / "gallery" / _grid_name(person, gallery_camera, person), person, gallery_camera, 1)
+        gallery[person] = _save(base / "gallery" / _grid_name(person, gallery_camera, person), person,
+                                gallery_camera, 1)
     for index in range(GRID_DISTRACTORS):
         distractors.append(_save(base / "gallery" / _grid_name(0, 1 + index % 8, 1000 + index), 0, index, 2))
     rng = np.random.default_rng(2012)

@@ -39,7 +39,7 @@ from dcac_plugin.data.stable_labels import CUHK02StableLabels, CUHKSYSUStableLab
 from dcac_plugin.evaluation import mean_over_splits
 from dcac_plugin.launcher import build_datamanager
 from dcac_plugin.paper_configs import PAPER_CONFIG_DIR
-from dcac_plugin.protocols import CLASSICAL_SOURCES, CLASSICAL_TARGETS
+from dcac_plugin.protocols import CLASSICAL_SOURCES, CLASSICAL_TARGETS, paper_variant
 from dcac_plugin.shipped import shipped_run_lists
 
 SOURCES = ["market1501", "dukemtmcreid", "cuhk02", "cuhk03", "cuhksysu"]  # the authors' order, written out
@@ -76,8 +76,10 @@ def names(paths) -> set:
     return {os.path.basename(path) for path in paths}
 
 
-def classical_cfg(root: str, target: str, *opts: str, engine: str = "baseline"):
-    return build_config(f"classical/{engine}_classical_to_{target}", ["data.root", root, *TINY, *opts])
+def classical_cfg(root: str, target: str, *opts: str):
+    """The shipped baseline config of the benchmark, tested on ``target`` only, at the tiny scale."""
+    return build_config("classical/baseline_classical", ["data.root", root, "data.targets", f"['{target}']", *TINY,
+                                                         *opts])
 
 
 # ------------------------------------------------------------------------ layouts and readers
@@ -211,7 +213,7 @@ def test_all_for_train_adds_the_sources_query_and_gallery(classical_data):
 
 def test_each_target_gets_one_loader_pair_per_standard_split(classical_data, tmp_path):
     root = copy_of(classical_data[0], tmp_path, *SOURCES, *TARGETS)
-    cfg = classical_cfg(root, "viper", "data.targets", str(TARGETS))
+    cfg = build_config("classical/baseline_classical", ["data.root", root, *TINY])  # the four targets, as shipped
     manager = build_datamanager(cfg, use_gpu=False)
     keys = [split_key(name, k) for name in TARGETS for k in STANDARD_SPLIT_IDS[name]]
     assert list(manager.test_loader) == keys and manager.split_keys == {
@@ -243,19 +245,19 @@ def test_mean_over_splits_keeps_every_split():
 def test_classical_configs_and_run_list():
     lists = shipped_run_lists()
     entries = [line for line in open(lists["classical"]).read().splitlines() if line and not line.startswith("#")]
-    assert len(entries) == 8
+    # One training per engine, evaluated on each target (the authors train the same model once per target).
+    assert entries == ["../classical/baseline_classical.yaml", "../classical/dcac_classical.yaml"]
     for engine in ("baseline", "dcac"):
-        for target in TARGETS:
-            path = os.path.join(PAPER_CONFIG_DIR, "classical", f"{engine}_classical_to_{target}.yaml")
-            assert f"../classical/{engine}_classical_to_{target}.yaml" in entries
-            cfg = build_config(path, [])
-            assert list(cfg.data.sources) == SOURCES and list(cfg.data.targets) == [target]
-            assert cfg.data.combineall is False and list(cfg.test.split_ids) == []
-            assert cfg.cuhk03.labeled_images is False and cfg.cuhk03.classic_split is False  # CUHK03-NP detected
-            assert cfg.dcac.test_resize_interpolation == "bicubic"
-            if engine == "dcac":  # section 5.2's multi-source setting
-                assert cfg.dcac.lora.rank == 32 and cfg.dcac.condition.temperature == 1.0
-            assert "combineall: False   # the authors' all_for_train" in open(path).read()
+        path = os.path.join(PAPER_CONFIG_DIR, "classical", f"{engine}_classical.yaml")
+        cfg = build_config(path, [])
+        assert cfg.engine == engine and paper_variant(cfg) == engine
+        assert list(cfg.data.sources) == SOURCES and list(cfg.data.targets) == TARGETS
+        assert cfg.data.combineall is False and list(cfg.test.split_ids) == []
+        assert cfg.cuhk03.labeled_images is False and cfg.cuhk03.classic_split is False  # CUHK03-NP detected
+        assert cfg.dcac.test_resize_interpolation == "bicubic"  # the authors' multi-source test loader
+        if engine == "dcac":  # section 5.2's multi-source setting
+            assert cfg.dcac.lora.rank == 32 and cfg.dcac.condition.temperature == 1.0
+        assert "combineall: False   # the authors' all_for_train" in open(path).read()
 
 
 # --------------------------------------------------------------------------- end to end
@@ -264,10 +266,10 @@ def test_classical_configs_and_run_list():
 def test_dcac_trains_on_the_five_sources_and_reports_the_mean_over_viper_splits(classical_data, tmp_path, tiny_sd):
     root = copy_of(classical_data[0], tmp_path, *SOURCES, "viper")
     out = tmp_path / "out"
-    code = main(["experiments", "--root", root, "--out", str(out), "classical/dcac_classical_to_viper", *TINY,
-                 "dcac.diffusion.pretrained", tiny_sd, "dcac.diffusion.image_size", "32"])
+    code = main(["experiments", "--root", root, "--out", str(out), "classical/dcac_classical", *TINY,
+                 "data.targets", "['viper']", "dcac.diffusion.pretrained", tiny_sd, "dcac.diffusion.image_size", "32"])
     assert code == 0
-    run = out / "dcac_classical_to_viper"
+    run = out / "dcac_classical"
     summary = json.load(open(run / "results.json"))
     assert summary["sources"] == SOURCES and summary["targets"] == ["viper"]
     viper = summary["results"]["viper"]
@@ -287,7 +289,8 @@ def test_dcac_trains_on_the_five_sources_and_reports_the_mean_over_viper_splits(
     with open(out / "results.csv", encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["split"] for row in rows] == ["mean"] + [str(k) for k in range(0, 20, 2)]
-    assert rows[0]["mAP"] == f"{100 * viper['mAP']:.2f}" and rows[0]["setting"] == "MA+D+C2+C3+CS->VIPeR (mean of 10 splits)"
+    assert rows[0]["mAP"] == f"{100 * viper['mAP']:.2f}"
+    assert rows[0]["setting"] == "MA+D+C2+C3+CS->VIPeR (mean of 10 splits)"
     assert rows[3]["mAP"] == f"{100 * viper['splits']['4']['mAP']:.2f}" and rows[3]["setting"] == "MA+D+C2+C3+CS->VIPeR"
     table = open(out / "results.md").read().splitlines()
     assert len(table) == 3 and f"| MA+D+C2+C3+CS->VIPeR (mean of 10 splits) | dcac model=clip_vit_tiny | " \

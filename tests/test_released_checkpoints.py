@@ -57,7 +57,8 @@ def openai_visual(generator: torch.Generator) -> Dict[str, torch.Tensor]:
     for block in range(LAYERS):
         prefix = f"transformer.resblocks.{block}."
         state.update({prefix + "ln_1.weight": torch.ones(WIDTH), prefix + "ln_1.bias": torch.zeros(WIDTH),
-                      prefix + "attn.in_proj_weight": randn(3 * WIDTH, WIDTH), prefix + "attn.in_proj_bias": randn(3 * WIDTH),
+                      prefix + "attn.in_proj_weight": randn(3 * WIDTH, WIDTH),
+                      prefix + "attn.in_proj_bias": randn(3 * WIDTH),
                       prefix + "attn.out_proj.weight": randn(WIDTH, WIDTH), prefix + "attn.out_proj.bias": randn(WIDTH),
                       prefix + "ln_2.weight": torch.ones(WIDTH), prefix + "ln_2.bias": torch.zeros(WIDTH),
                       prefix + "mlp.c_fc.weight": randn(4 * WIDTH, WIDTH), prefix + "mlp.c_fc.bias": randn(4 * WIDTH),
@@ -160,4 +161,5 @@ def test_a_released_file_not_in_the_folder_is_named_before_any_work(tmp_path, ca
     message = train_error(tmp_path, capsys, "model.load_weights", "source_ma.pth", "model.load_weights_dir",
                           str(tmp_path / "checkpoints"))
     assert message == (f"model.load_weights source_ma.pth is not in model.load_weights_dir {tmp_path / 'checkpoints'}. "
-                       "Set model.load_weights_dir to the folder holding it, or give model.load_weights as a full path.")
+                       "Set model.load_weights_dir to the folder holding it, or give model.load_weights as a full "
+                       "path.")

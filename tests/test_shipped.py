@@ -85,8 +85,8 @@ def listed(out):
 def test_configs_lists_every_shipped_config_and_run_list(elsewhere, capsys):
     assert main(["configs"]) == 0
     out = capsys.readouterr().out
-    assert listed(out) == shipped_yaml_names() and len(listed(out)) == 24 + 8 + 26 + 72 + 8 + 8 + 4
-    for group in ("single (24):", "multi (8):", "ablations (26):", "toolbox (72):", "classical (8):", "released (8):",
+    assert listed(out) == shipped_yaml_names() and len(listed(out)) == 24 + 8 + 26 + 72 + 2 + 8 + 4
+    for group in ("single (24):", "multi (8):", "ablations (26):", "toolbox (72):", "classical (2):", "released (8):",
                   "demo (4):"):
         assert group in out
     lists = {os.path.basename(p)[:-4] for p in glob.glob(os.path.join(CONFIG_DIR, "paper", "lists", "*.txt"))}
