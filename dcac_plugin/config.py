@@ -33,6 +33,9 @@ def get_default_config() -> CN:
     cfg.model.name = "resnet50"
     cfg.model.pretrained = True
     cfg.model.load_weights = ""
+    # Ours: the folder a relative model.load_weights is read from ('' = the current directory); the
+    # released-checkpoint configs name the authors' files (source_ma.pth, ...) and this their folder.
+    cfg.model.load_weights_dir = ""
     cfg.model.resume = ""
 
     cfg.data = CN()
@@ -148,6 +151,9 @@ def get_default_config() -> CN:
     cfg.test.rerank = False
     cfg.test.visrank = False
     cfg.test.visrank_topk = 10
+    # Ours: the split ids evaluated for targets with random splits (iLIDS, PRID, GRID, VIPeR), each in
+    # turn, their mean reported; [] = the standard ones (0..9; VIPeR 0, 2, ..., 18: camera A queries).
+    cfg.test.split_ids = []
 
     cfg.dcac = _dcac_section()
     return cfg

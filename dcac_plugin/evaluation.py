@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
@@ -169,6 +169,19 @@ def evaluate_features(query_features: torch.Tensor, gallery_features: torch.Tens
                 yield block, slice(start + s, start + s + block.shape[0])
 
     return _evaluate_blocks(blocks(), queries, gallery, max_rank, use_metric_cuhk03)
+
+
+SPLIT_METRICS = ("rank1", "mAP", "mINP")
+
+
+def mean_over_splits(per_split: Dict[int, Dict[str, float]]) -> Dict[str, object]:
+    """The result of a dataset evaluated on several random splits (iLIDS, PRID, GRID, VIPeR):
+    the mean of each metric over the splits, as papers report it, with every split's own figures
+    under ``splits`` (keyed by split id) and the ids under ``split_ids``."""
+    ids = sorted(per_split)
+    mean = {metric: float(np.mean([per_split[i][metric] for i in ids]))
+            for metric in SPLIT_METRICS if all(metric in per_split[i] for i in ids)}
+    return {**mean, "split_ids": ids, "splits": {str(i): dict(per_split[i]) for i in ids}}
 
 
 def torchreid_has_cython() -> bool:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .checkpoint import atomic_write
 from .config import build_config
+from .data.random_splits import split_ids_for
 from .distributed import launched_info
 from .errors import CommandFailed, ConfigError
 from .protocols import domain, paper_variant, setting_name
@@ -28,8 +29,12 @@ from .shipped import (CONFIG_SUFFIXES, RUN_LIST_SUFFIX, resolve_config, resolve_
 
 PAPER_RESULTS = osp.join(osp.dirname(osp.abspath(__file__)), "paper_results.csv")
 
+# ``split``: for a target evaluated on several random splits (iLIDS, PRID, GRID, VIPeR), ``mean``
+# on the row of its mean (the one the Markdown table shows) and the split id on each split's row
+# (results.csv only); empty for a dataset with one split.
 TABLE_COLUMNS = ("config", "run", "status", "setting", "variant", "sources", "target", "mAP", "rank1",
-                 "paper_mAP", "paper_rank1", "delta_mAP", "delta_rank1", "paper_tables")
+                 "paper_mAP", "paper_rank1", "delta_mAP", "delta_rank1", "paper_tables", "split")
+MEAN_ROW = "mean"
 
 
 # ----------------------------------------------------------------------------- run lists
@@ -210,9 +215,12 @@ def collect(configs: Sequence[str], out_dir: str, opts: Sequence[str] = ()) -> L
         for target in targets:
             row = {**base, "setting": setting_name(sources, target), "variant": variant,
                    "sources": "+".join(sources), "target": target}
+            metrics = summary["results"][target] if summary else {}
             if summary:
-                metrics = summary["results"][target]
                 row.update(mAP=100 * metrics["mAP"], rank1=100 * metrics["rank1"])
+            split_ids = metrics.get("split_ids") if summary else split_ids_for(target, list(cfg.test.split_ids))
+            if split_ids:
+                row.update(split=MEAN_ROW, setting=f"{row['setting']} (mean of {len(split_ids)} splits)")
             reference = paper.get(_paper_key(variant, sources, target))
             if reference:
                 row.update(paper_mAP=reference["mAP"], paper_rank1=reference["rank1"],
@@ -221,6 +229,18 @@ def collect(configs: Sequence[str], out_dir: str, opts: Sequence[str] = ()) -> L
                     row.update(delta_mAP=row["mAP"] - reference["mAP"],
                                delta_rank1=row["rank1"] - reference["rank1"])
             rows.append(row)
+            rows.extend(_split_rows(row, metrics.get("splits") or {}))
+    return rows
+
+
+def _split_rows(mean_row: dict, splits: Dict[str, dict]) -> List[dict]:
+    """One row per split of a random-split target (the paper reports no per-split numbers)."""
+    rows = []
+    for split_id, metrics in sorted(splits.items(), key=lambda item: int(item[0])):
+        row = {**mean_row, "setting": mean_row["setting"].split(" (mean of", 1)[0], "split": split_id,
+               "mAP": 100 * metrics["mAP"], "rank1": 100 * metrics["rank1"]}
+        row.update(dict.fromkeys(("paper_mAP", "paper_rank1", "delta_mAP", "delta_rank1", "paper_tables")))
+        rows.append(row)
     return rows
 
 
@@ -233,10 +253,13 @@ def _number(value: Optional[float], digits: int, missing: str, signed: bool = Fa
 
 
 def format_markdown(rows: Sequence[dict]) -> str:
-    """The Markdown table of ``collect``'s rows; '-' where a number is missing."""
+    """The Markdown table of ``collect``'s rows; '-' where a number is missing. A random-split
+    target shows its mean over the splits (each split's row is in results.csv)."""
     lines = ["| config | setting | variant | mAP | R1 | paper mAP | paper R1 | ΔmAP | ΔR1 | status |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
+        if row["split"] not in (None, MEAN_ROW):
+            continue
         cells = [row["run"], row["setting"] or "-", row["variant"] or "-",
                  _number(row["mAP"], 1, "-"), _number(row["rank1"], 1, "-"),
                  _number(row["paper_mAP"], 1, "-"), _number(row["paper_rank1"], 1, "-"),

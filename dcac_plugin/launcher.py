@@ -24,10 +24,13 @@ from .checkpoint import (CheckpointError, atomic_write, check_resumable, export_
                          model_state_dict)
 from .config import ConfigError, device_kwargs, engine_run_kwargs, imagedata_kwargs
 from .cpu_convolution import MAX_MATRIX_PRODUCT_ROWS
+from .data.combineall import combineall_counts_cameras
 from .data.layouts import check_datasets
 from .data.loaders import identities_below, rebuild_loaders, skip_unreadable_images, train_items
 from .data.msmt17 import msmt17_train_with_val
+from .data.random_splits import expand_split_targets
 from .data.samplers import build_train_sampler
+from .data.stable_labels import stable_identity_labels
 from .data.transforms import (INTERPOLATIONS, ReidTransforms, describe_transforms, reid_transforms,
                               torchreid_receives)
 from .data.views import TwoViewTransform, diffusion_view_transform
@@ -162,24 +165,31 @@ def applied_transforms(cfg: CN, manager) -> List[Tuple[str, Callable]]:
 
 def build_datamanager(cfg: CN, use_gpu: bool):
     """torchreid's ImageDataManager (datasets checked against their expected layouts first;
-    ``msmt17`` with its val images in training when ``msmt17.train_with_val``; our transforms
+    ``msmt17`` with its val images in training when ``msmt17.train_with_val``; CUHK02 and
+    CUHK-SYSU with stable labels; ``data.combineall`` counting the combined cameras; our transforms
     in place of its own, the PCL memory's as ``transform_memory``), its loaders rebuilt with
-    checked image reads and, under torchrun, the distributed sampler. Prints the transforms
-    that will run."""
+    checked image reads and, under torchrun, the distributed sampler; a target with random splits
+    (iLIDS, PRID, GRID, VIPeR) gets one query/gallery pair per split evaluated. Prints the
+    transforms that will run."""
     check_datasets(list(cfg.data.sources) + list(cfg.data.targets), cfg.data.root)
     transforms = run_transforms(cfg)
     # The manager's own training sampler is replaced below (it would only assert on a bad
     # identity count); a plain one keeps its constructor from failing first.
-    with msmt17_train_with_val(cfg.msmt17.train_with_val), torchreid_receives(transforms):
+    with msmt17_train_with_val(cfg.msmt17.train_with_val), stable_identity_labels(), \
+            combineall_counts_cameras(cfg.data.combineall), torchreid_receives(transforms):
         manager = reid_data.ImageDataManager(**{**imagedata_kwargs(cfg), "train_sampler": "RandomSampler"},
                                              **device_kwargs(reid_data.ImageDataManager.__init__, use_gpu))
     manager.transform_memory = transforms.memory  # torchreid has no memory pass
+    expand_split_targets(manager, cfg.data.root, list(cfg.test.split_ids))
     if cfg.data.skip_corrupt_images:
         skip_unreadable_images(manager, workers=max(1, cfg.data.workers))
     items = train_items(manager)
-    warn_rare_identities(cfg, items)
+    # Evaluation alone draws no training batch: its identity counts need not fill one.
+    sampler_name = "RandomSampler" if cfg.test.evaluate else cfg.sampler.train_sampler
+    if not cfg.test.evaluate:
+        warn_rare_identities(cfg, items)
     try:
-        sampler = build_train_sampler(items, cfg.sampler.train_sampler, cfg.train.batch_size,
+        sampler = build_train_sampler(items, sampler_name, cfg.train.batch_size,
                                       cfg.sampler.num_instances, cfg.sampler.num_cams, cfg.sampler.num_datasets,
                                       seed=cfg.train.seed, rank=distributed.rank(),
                                       world_size=distributed.world_size())
@@ -219,6 +229,23 @@ def weight_cache_folders() -> List[str]:
     from .engines.dcac import cache_dir
 
     return [constants.HF_HUB_CACHE, osp.dirname(torch.hub.get_dir()), osp.expanduser("~/.cache/clip"), cache_dir()]
+
+
+def load_weights_path(cfg: CN) -> str:
+    """``model.load_weights``, read from ``model.load_weights_dir`` when it is a relative path (the
+    released-checkpoint configs name the authors' files, e.g. ``source_ma.pth``, and the user's
+    folder of them goes in that key)."""
+    path = osp.expanduser(cfg.model.load_weights)
+    if osp.isabs(path):
+        return path
+    folder = osp.expanduser(cfg.model.load_weights_dir)
+    resolved = osp.join(folder, path) if folder else path
+    if not osp.exists(resolved):
+        where = (f"in model.load_weights_dir {folder}" if folder
+                 else f"in the current directory {os.getcwd()} (model.load_weights_dir is empty)")
+        raise CheckpointError(f"model.load_weights {cfg.model.load_weights} is not {where}. Set model.load_weights_dir "
+                              "to the folder holding it, or give model.load_weights as a full path.")
+    return resolved
 
 
 def resolve_resume_path(path: str) -> str:
@@ -367,7 +394,7 @@ def prepare(cfg: CN) -> PreparedRun:
         if hasattr(engine_cls, "build_auxiliary") and not cfg.test.evaluate:
             auxiliary = engine_cls.build_auxiliary(cfg, model, datamanager.num_train_pids)
     if cfg.model.load_weights:
-        print(load_model_weights(model, cfg.model.load_weights))
+        print(load_model_weights(model, load_weights_path(cfg)))
     if use_gpu:
         model = model.cuda()
         auxiliary = auxiliary.cuda() if auxiliary is not None else None
@@ -473,6 +500,8 @@ def run(cfg: CN) -> Dict[str, Any]:
     Launched with torchrun, every rank runs this; rank 0 alone logs, evaluates and writes.
     """
     check_config(cfg)
+    if cfg.model.load_weights:
+        load_weights_path(cfg)  # a relative path not found in model.load_weights_dir: said before any work
     # train.deterministic's settings are the process's: restored when the run ends, for the next
     # run of dcac experiments / demo in this process.
     with run_output(cfg) as replaced, restored_determinism(), determinism_errors_explained(cfg.train.deterministic):

@@ -62,6 +62,12 @@ def resize_at_test_lines(multi_source: bool) -> List[str]:
     return ["  test_resize_interpolation: bilinear  # the authors' single-source test loader (training: bicubic)"]
 
 
+def head_lines(title: str, where: str, engine: str) -> List[str]:
+    """A paper config's first lines: what it runs, how, its engine and the paper's model (CLIP ViT-B/16)."""
+    return [f"# {title} ({where}).", f"# dcac train --config-file configs/{where}.yaml --root /path/to/reid-data",
+            f"engine: {engine}", "model:", "  name: clip_vit_b16", "  pretrained: True"]
+
+
 def render_config(engine: str, sources: Sequence[str], target: str, where: str, ablation: Optional[Dict[str, object]] = None,
                   title: str = "") -> str:
     """One config: the paper recipe (applied by ``engine``) plus the source-dependent values;
@@ -74,12 +80,7 @@ def render_config(engine: str, sources: Sequence[str], target: str, where: str, 
                      f"DCAC: LoRA rank {rank}, tau_c {tau}")
     save_dir = f"log/{where}" if ablation else f"log/{engine}/{_stem(engine, sources, target).split('_', 1)[1]}"
     lines = [
-        f"# {what}; {kind} {setting} ({where}).",
-        f"# dcac train --config-file configs/{where}.yaml --root /path/to/reid-data",
-        f"engine: {engine}",
-        "model:",
-        "  name: clip_vit_b16",
-        "  pretrained: True",
+        *head_lines(f"{what}; {kind} {setting}", where, engine),
         "data:",
         f"  sources: {yaml_list(sources)}",
         f"  targets: {yaml_list([target])}",
@@ -99,6 +100,14 @@ def render_config(engine: str, sources: Sequence[str], target: str, where: str, 
         lines += [f"    {key}: {ablation[key]}" for key in ("mode", "transform") if key in ablation]
         lines += [f"    temperature: {tau}"] + diffusion_source_lines()
     return "\n".join(lines) + "\n"
+
+
+def with_run_list(configs: Dict[str, str], name: str, header: str) -> Dict[str, str]:
+    """``configs`` ({path without .yaml: text}) as files, and the run list ``lists/<name>.txt``:
+    ``header`` (comment lines), then the configs in their order, relative to the list."""
+    files = {where + ".yaml": text for where, text in configs.items()}
+    files[f"lists/{name}.txt"] = header + "".join(f"../{where}.yaml\n" for where in configs)
+    return files
 
 
 def render_paper_configs() -> Dict[str, str]:
@@ -129,8 +138,12 @@ def render_paper_configs() -> Dict[str, str]:
                   f"# (or, in a checkout: dcac experiments --root DATA configs/lists/{table}.txt)\n")
         files[f"lists/{table}.txt"] = header + "\n".join(entries) + "\n"
     from .toolbox_configs import render_toolbox_configs  # it renders with this module's helpers
+    from .classical_configs import render_classical_configs  # the authors' other benchmark
+    from .released_configs import render_released_configs  # the authors' released models, evaluated
 
     files.update(render_toolbox_configs())
+    files.update(render_classical_configs())
+    files.update(render_released_configs())
     return files
 
 
@@ -147,4 +160,4 @@ def write_paper_configs(folder: str = PAPER_CONFIG_DIR) -> List[str]:
 
 
 __all__ = ["ABBREVIATIONS", "ABLATIONS", "PAPER_CONFIG_DIR", "render_config", "render_paper_configs",
-           "write_paper_configs"]
+           "head_lines", "with_run_list", "write_paper_configs"]

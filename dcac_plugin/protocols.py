@@ -12,13 +12,34 @@ from typing import Dict, List, Sequence, Tuple
 
 # torchreid's dataset names of the paper's four datasets, and the paper's abbreviations.
 DATASETS: Tuple[str, ...] = ("market1501", "dukemtmcreid", "msmt17", "cuhk03")
-ABBREVIATIONS: Dict[str, str] = {"market1501": "MA", "dukemtmcreid": "D", "msmt17": "MS", "cuhk03": "C3"}
+ABBREVIATIONS: Dict[str, str] = {"market1501": "MA", "dukemtmcreid": "D", "msmt17": "MS", "cuhk03": "C3",
+                                 # the classical multi-source DG benchmark's other datasets
+                                 "cuhk02": "C2", "cuhksysu": "CS", "ilids": "iLIDS", "prid": "PRID", "grid": "GRID",
+                                 "viper": "VIPeR"}
 # Other registered layouts of the same datasets (the reference's folders) count as the same domain.
 SAME_DOMAIN: Dict[str, str] = {"msmt17_folder": "msmt17", "cuhk03_np": "cuhk03"}
 
 SINGLE_SOURCE_PAIRS: List[Tuple[str, str]] = list(permutations(DATASETS, 2))
 MULTI_SOURCE_SETTINGS: List[Tuple[Tuple[str, ...], str]] = [
     (tuple(d for d in DATASETS if d != target), target) for target in DATASETS]
+
+# The classical multi-source DG benchmark, as the authors' code builds it (ClassicalMultiSourceDG in
+# engine/datasets/multi_source_dg.py; not in the paper's tables): the training splits of five
+# datasets, identities and cameras offset in this order (torchreid offsets them in the order of
+# data.sources), tested on each of four small datasets over their random splits.
+CLASSICAL_SOURCES: Tuple[str, ...] = ("market1501", "dukemtmcreid", "cuhk02", "cuhk03", "cuhksysu")
+CLASSICAL_TARGETS: Tuple[str, ...] = ("ilids", "prid", "grid", "viper")
+
+# The authors' released models (their README's Checkpoints table): one per paper setting, named
+# after its sources, each evaluated on the targets of its protocol (Tables 2-4).
+RELEASED_SETTINGS: List[Tuple[Tuple[str, ...], Tuple[str, ...]]] = (
+    [((source,), tuple(t for t in DATASETS if t != source)) for source in DATASETS]
+    + [(sources, (target,)) for sources, target in MULTI_SOURCE_SETTINGS])
+
+
+def released_checkpoint_name(sources: Sequence[str]) -> str:
+    """The file name of the authors' model trained on ``sources``, e.g. ``source_ma+d+ms.pth``."""
+    return "source_" + "+".join(ABBREVIATIONS[domain(s)].lower() for s in sources) + ".pth"
 
 
 def domain(name: str) -> str:

@@ -20,7 +20,7 @@ from .registry import nearest_names
 CONFIG_DIR = osp.join(osp.dirname(osp.abspath(__file__)), "configs")
 # Folders of the paper's configs, in the order `dcac configs` lists them; the demo configs
 # (configs/demo_<run>.yaml) are named without a folder.
-PAPER_GROUPS = ("single", "multi", "ablations", "toolbox")
+PAPER_GROUPS = ("single", "multi", "ablations", "toolbox", "classical", "released")
 DEMO_GROUP = "demo"
 CONFIG_SUFFIXES = (".yaml", ".yml")
 RUN_LIST_SUFFIX = ".txt"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-from .paper_configs import data_protocol_lines, diffusion_source_lines, resize_at_test_lines, yaml_list
+from .paper_configs import data_protocol_lines, diffusion_source_lines, resize_at_test_lines, with_run_list, yaml_list
 from .protocols import SINGLE_SOURCE_PAIRS, condition_temperature_for, lora_rank_for, setting_name
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -99,19 +99,12 @@ def render_toolbox_config(engine: str, model: str, source: str, target: str) -> 
 
 def render_toolbox_configs() -> Dict[str, str]:
     """{path relative to configs/paper: text}: every toolbox config and the run list ``toolbox``."""
-    files: Dict[str, str] = {}
-    entries: List[str] = []
-    for model in TORCHREID_RECIPES:
-        for source, target in SINGLE_SOURCE_PAIRS:
-            for engine in TOOLBOX_ENGINES:
-                name = toolbox_config_name(engine, model, source, target)
-                files[name + ".yaml"] = render_toolbox_config(engine, model, source, target)
-                entries.append(f"../{name}.yaml")
-    files["lists/toolbox.txt"] = (
+    configs = {toolbox_config_name(engine, model, source, target): render_toolbox_config(engine, model, source, target)
+               for model in TORCHREID_RECIPES for source, target in SINGLE_SOURCE_PAIRS for engine in TOOLBOX_ENGINES}
+    return with_run_list(configs, "toolbox", (
         "# torchreid's models under torchreid's softmax engine, our baseline and dcac, on the paper's single-source\n"
         "# pairs: dcac experiments --root DATA toolbox\n"
-        "# (or, in a checkout: dcac experiments --root DATA configs/lists/toolbox.txt)\n" + "\n".join(entries) + "\n")
-    return files
+        "# (or, in a checkout: dcac experiments --root DATA configs/lists/toolbox.txt)\n"))
 
 
 __all__ = ["TORCHREID_RECIPES", "render_toolbox_config", "render_toolbox_configs", "toolbox_config_name"]

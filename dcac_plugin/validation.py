@@ -14,6 +14,7 @@ from typing import Any, Callable, List, Tuple
 from torchreid import optim as reid_optim
 from yacs.config import CfgNode as CN
 
+from .data.random_splits import check_split_ids
 from .errors import ConfigError
 from .models.clip_reid import CLIP_MODELS, clip_patch_size
 from .registry import nearest_name
@@ -131,9 +132,14 @@ def check_diffusion_image_size(cfg: CN) -> None:
                           f"{_alternatives(_multiples_near(max(size, 1), VAE_DOWNSAMPLING))}; the paper uses 128.")
 
 
+def check_test_split_ids(cfg: CN) -> None:
+    """``test.split_ids`` names splits that the random-split targets (iLIDS, PRID, GRID, VIPeR) have."""
+    check_split_ids(list(cfg.data.targets), list(cfg.test.split_ids))
+
+
 RULES: Tuple[Callable[[CN], None], ...] = (
     check_batch_sizes, check_identity_sampler, check_workers, check_learning_rate, check_optimizer,
-    check_input_size, check_lora_rank, check_temperatures, check_diffusion_image_size)
+    check_input_size, check_lora_rank, check_temperatures, check_diffusion_image_size, check_test_split_ids)
 
 
 def check_values(cfg: CN) -> None:
@@ -144,4 +150,4 @@ def check_values(cfg: CN) -> None:
 
 __all__ = ["RULES", "VAE_DOWNSAMPLING", "check_batch_sizes", "check_diffusion_image_size", "check_identity_sampler",
            "check_input_size", "check_learning_rate", "check_lora_rank", "check_optimizer", "check_temperatures",
-           "check_values", "check_workers"]
+           "check_test_split_ids", "check_values", "check_workers"]

@@ -8,6 +8,13 @@ can check both that query and gallery pids are kept and that training pids becom
 Training cameras are contiguous (1..C) in every writer, as in the real datasets: torchreid
 offsets a second source's cameras by the number of distinct training cameras of the first.
 
+The classical multi-source DG benchmark's datasets (CUHK02, CUHK-SYSU; iLIDS, PRID, GRID, VIPeR)
+are written in the layouts torchreid's readers of those names open (the same in 0.2.5 and upstream
+1.4.0), with each dataset's real identity and image counts where the reader asserts them (iLIDS,
+GRID) or lists files by number (PRID). Their writers return what the reader must find: the random
+splits themselves are drawn by torchreid on first use (GRID's come from the partitions written into
+its ``features_and_partitions.mat``).
+
 The real-dataset details reproduced here come from torchreid 0.2.5's readers: Market1501 and
 DukeMTMC-reID parse ``<pid>_c<camera>`` from ``*.jpg`` names (Market skips pid -1 and keeps pid 0,
 its distractors, in the gallery); MSMT17 reads ``<image path> <pid>`` lines whose paths are
@@ -285,3 +292,134 @@ def write_cuhk03_np(root: PathLike, subsets: Sequence[str] = ("detected", "label
              "query": [(2, 1), (5, 2)],
              "bounding_box_test": [(2, 2), (5, 1)] + [(5, 2)] * (per_id - 2)})
     return expected
+
+
+# --------------------------------------------------------------------------- the classical DG benchmark
+
+
+def write_cuhk02(root: PathLike, persons_per_pair: int = 3) -> Expected:
+    """``cuhk02/Dataset/P1..P5/{cam1,cam2}/<pid>_<n>.png`` (the pid is the text before ``_``; each
+    person has two images per camera, as in the release). Pids restart in every pair, as torchreid
+    reads them: P1-P4 train (returned as ``1000 * pair + pid``, one identity per pair and pid),
+    P5 query (cam1) and gallery (cam2) with its pids as written. Cameras are numbered folder by
+    folder over the pairs, as torchreid does: P1 cam1 is 0, ..., P5 cam2 is 9."""
+    base = Path(root) / "cuhk02" / "Dataset"
+    expected = Expected()
+    camera = -1
+    for pair in range(1, 6):
+        for cam in ("cam1", "cam2"):
+            camera += 1
+            for pid in range(1, persons_per_pair + 1):
+                for n in (1, 2):
+                    path = _save(base / f"P{pair}" / cam / f"{pid:03d}_{n}.png", 1000 * pair + pid, camera, n)
+                    if pair < 5:
+                        expected.train.append((path, 1000 * pair + pid, camera))
+                    else:
+                        (expected.query if cam == "cam1" else expected.gallery).append((path, pid, camera))
+    return expected
+
+
+def write_cuhksysu(root: PathLike, persons: int = 4, images_per_person: int = 3) -> Expected:
+    """``cuhksysu/cropped_images/p<pid>_s<scene>_<n>.jpg`` as torchreid's reader lists it: training
+    only (every image camera 0; query and gallery are copies of one training image)."""
+    base = Path(root) / "cuhksysu" / "cropped_images"
+    expected = Expected()
+    for person in range(persons):
+        pid = 11422 + 7 * person
+        for n in range(1, images_per_person + 1):
+            path = _save(base / f"p{pid}_s{16929 + 3 * person + n}_{n}.jpg", pid, 0, n)
+            expected.train.append((path, pid, 0))
+    return expected
+
+
+ILIDS_PERSONS, ILIDS_IMAGES = 119, 476  # torchreid asserts both counts
+
+
+def write_ilids(root: PathLike) -> Dict[int, List[str]]:
+    """``ilids/i-LIDS_Pedestrian/Persons/<pid:4><n:3>.jpg``: 119 persons, 476 images (4 each). torchreid
+    reads the pid from the first four digits and the camera from the next three (``n - 1``). Returns
+    {pid: image paths}."""
+    base = Path(root) / "ilids" / "i-LIDS_Pedestrian" / "Persons"
+    images: Dict[int, List[str]] = {}
+    for pid in range(1, ILIDS_PERSONS + 1):
+        images[pid] = [_save(base / f"{pid:04d}{n:03d}.jpg", pid, n, n) for n in range(1, 5)]
+    assert sum(len(paths) for paths in images.values()) == ILIDS_IMAGES
+    return images
+
+
+def write_prid(root: PathLike) -> Dict[str, Dict[int, str]]:
+    """``prid2011/prid_2011/single_shot/cam_a/person_<n:4>.png`` (385 persons) and ``cam_b/`` (749):
+    persons 1..200 are in both views, cam_b's 201..749 are the gallery's distractors. torchreid
+    names these files by number, so all of them are written. Returns {"cam_a"|"cam_b": {n: path}}."""
+    base = Path(root) / "prid2011" / "prid_2011" / "single_shot"
+    return {cam: {n: _save(base / cam / f"person_{n:04d}.png", n, index, n) for n in range(1, count + 1)}
+            for index, (cam, count) in enumerate((("cam_a", 385), ("cam_b", 749)))}
+
+
+@dataclass
+class GridRelease:
+    """What :func:`write_grid` wrote: the probe and matching gallery image of each person, the
+    distractors (person 0000), and the 10 published partitions' training persons."""
+
+    probe: Dict[int, str]
+    gallery: Dict[int, str]
+    distractors: List[str]
+    train_persons: List[List[int]]
+
+
+GRID_PERSONS, GRID_DISTRACTORS = 250, 775
+
+
+def _grid_name(person: int, camera: int, index: int) -> str:
+    """A GRID file name: person (0000 for a distractor), camera 1..8, then frame and box fields."""
+    return f"{person:04d}_{camera}_{25004 + index:05d}_{107 + index % 50}_{32 + index % 7}_130_281.jpeg"
+
+
+def write_grid(root: PathLike) -> GridRelease:
+    """``grid/underground_reid/`` as released: ``probe/`` (one image of each of the 250 persons),
+    ``gallery/`` (each person's match, on another camera, and 775 distractors of person 0000) and
+    ``features_and_partitions.mat``, whose ``trainIdxAll`` (like ``testIdxAll``) is a 1 x 10 cell of
+    structs with fields ``probeImIdx``, ``galleryImIdx`` and ``personIdx`` (the partition's 125
+    training persons: torchreid reads this third field by position)."""
+    base = Path(root) / "grid" / "underground_reid"
+    probe, gallery, distractors = {}, {}, []
+    for person in range(1, GRID_PERSONS + 1):
+        probe_camera, gallery_camera = 1 + person % 8, 1 + (person + 3) % 8
+        probe[person] = _save(base / "probe" / _grid_name(person, probe_camera, person), person, probe_camera, 0)
+        gallery[person] = _save(base / "gallery" / _grid_name(person, gallery_camera, person), person,
+                                gallery_camera, 1)
+    for index in range(GRID_DISTRACTORS):
+        distractors.append(_save(base / "gallery" / _grid_name(0, 1 + index % 8, 1000 + index), 0, index, 2))
+    rng = np.random.default_rng(2012)
+    train_persons = [sorted(rng.choice(np.arange(1, GRID_PERSONS + 1), size=125, replace=False).tolist())
+                     for _ in range(10)]
+
+    def partitions(persons_of: Callable[[List[int]], List[int]]) -> np.ndarray:
+        cells = np.empty((1, 10), dtype=object)
+        for k, train in enumerate(train_persons):
+            persons = np.array(persons_of(train), dtype=np.float64).reshape(1, -1)
+            # MATLAB indices into the release's image list: gallery matches 2p-1, probes 2p.
+            cells[0, k] = {"probeImIdx": 2 * persons, "galleryImIdx": 2 * persons - 1, "personIdx": persons}
+        return cells
+
+    savemat(str(base / "features_and_partitions.mat"),
+            {"trainIdxAll": partitions(lambda train: train),
+             "testIdxAll": partitions(lambda train: [p for p in range(1, GRID_PERSONS + 1) if p not in train])})
+    return GridRelease(probe, gallery, distractors, train_persons)
+
+
+VIPER_PERSONS = 632
+
+
+def write_viper(root: PathLike, persons: int = VIPER_PERSONS) -> List[Tuple[str, str]]:
+    """``viper/VIPeR/cam_a/`` and ``cam_b/``: 632 persons (or ``persons``: torchreid's reader takes
+    any even count), one ``<index:3>_<angle>.bmp`` per camera (torchreid pairs the two folders by
+    sorted name). Returns (cam_a path, cam_b path) per person."""
+    base = Path(root) / "viper" / "VIPeR"
+    pairs = []
+    for person in range(persons):
+        index = person + person // 3  # the release's indices have gaps
+        pairs.append(tuple(_save(base / cam / f"{index:03d}_{angle}.bmp", person, camera, 0)
+                           for camera, (cam, angle) in enumerate((("cam_a", 45 * (person % 4)),
+                                                                  ("cam_b", 90 + 45 * (person % 3))))))
+    return pairs

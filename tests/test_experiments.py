@@ -263,7 +263,8 @@ def test_paper_results_rows_are_valid_variants_and_settings():
 
 def test_shipped_table_lists_are_reachable_by_name_and_match_paper_rows(tmp_path):
     lists = shipped_run_lists()
-    assert set(lists) == {"table2", "table3", "table4", "table5", "table7", "table9", "table10", "toolbox"}
+    assert set(lists) == {"table2", "table3", "table4", "table5", "table7", "table9", "table10", "toolbox", "classical",
+                          "released"}
     rows = collect(read_run_list(lists["table5"]), str(tmp_path))
     # Table 5 on MA->MS and MS->MA: baseline, LoRA (= dcac) and five fine-tuning variants, each with the paper's numbers.
     assert len(rows) == 14 and all(row["paper_mAP"] is not None for row in rows)

@@ -85,12 +85,14 @@ def listed(out):
 def test_configs_lists_every_shipped_config_and_run_list(elsewhere, capsys):
     assert main(["configs"]) == 0
     out = capsys.readouterr().out
-    assert listed(out) == shipped_yaml_names() and len(listed(out)) == 24 + 8 + 26 + 72 + 4
-    for group in ("single (24):", "multi (8):", "ablations (26):", "toolbox (72):", "demo (4):"):
+    assert listed(out) == shipped_yaml_names() and len(listed(out)) == 24 + 8 + 26 + 72 + 2 + 8 + 4
+    for group in ("single (24):", "multi (8):", "ablations (26):", "toolbox (72):", "classical (2):", "released (8):",
+                  "demo (4):"):
         assert group in out
     lists = {os.path.basename(p)[:-4] for p in glob.glob(os.path.join(CONFIG_DIR, "paper", "lists", "*.txt"))}
-    tables = sorted(lists - {"toolbox"}, key=lambda name: int(name[len("table"):]))
-    assert re.search(r"run lists of dcac experiments \(8\):\n  (.+)", out).group(1).split() == tables + ["toolbox"]
+    others = ["toolbox", "released", "classical"]
+    tables = sorted(lists - set(others), key=lambda name: int(name[len("table"):]))
+    assert re.search(r"run lists of dcac experiments \(10\):\n  (.+)", out).group(1).split() == tables + others
 
 
 def test_configs_filter(elsewhere, capsys):

@@ -298,6 +298,61 @@ EXPECTED_LAYOUTS: Dict[str, DatasetLayout] = {
               "    cuhk03_new_protocol_config_labeled.mat\n"
               "    (torchreid writes images_detected/, images_labeled/ and splits_*.json here on first use)"),
     ),
+    # The classical multi-source DG benchmark (README "The classical multi-source DG benchmark"):
+    # CUHK02 and CUHK-SYSU train, iLIDS, PRID, GRID and VIPeR are tested on, each with torchreid's
+    # reader. Those readers check little: CUHK02 globs each camera folder (a missing one silently
+    # loses its identities; a missing P5 ends in a bare IndexError), CUHK-SYSU globs its folder,
+    # and iLIDS, GRID and VIPeR DOWNLOAD a dataset whose folder is missing.
+    "cuhk02": DatasetLayout(
+        folder="cuhk02",
+        required=tuple(os.path.join("Dataset", f"P{pair}", cam) for pair in range(1, 6) for cam in ("cam1", "cam2")),
+        tree=("cuhk02/\n"
+              "    Dataset/\n"
+              "        P1/ ... P5/             the five camera pairs (P1-P4 train, P5 is the query/gallery pair)\n"
+              "            cam1/               images *.png, named <pid>_<n>.png (the pid is the text before '_')\n"
+              "            cam2/"),
+    ),
+    "cuhksysu": DatasetLayout(
+        folder="cuhksysu", required=("cropped_images",),
+        tree=("cuhksysu/\n"
+              "    cropped_images/             the cropped persons, e.g. p11422_s16929_1.jpg (training only)"),
+    ),
+    "ilids": DatasetLayout(
+        folder="ilids", required=(os.path.join("i-LIDS_Pedestrian", "Persons"),),
+        tree=("ilids/\n"
+              "    i-LIDS_Pedestrian/\n"
+              "        Persons/                the 476 images of 119 persons, e.g. 0001001.jpg (pid 0001, image 001)\n"
+              "    (torchreid writes splits.json here on first use: its 10 random splits)"),
+    ),
+    "prid": DatasetLayout(
+        folder="prid2011",
+        required=tuple(os.path.join("prid_2011", "single_shot", cam) for cam in ("cam_a", "cam_b")),
+        tree=("prid2011/\n"
+              "    prid_2011/\n"
+              "        single_shot/\n"
+              "            cam_a/              person_0001.png ... person_0385.png\n"
+              "            cam_b/              person_0001.png ... person_0749.png\n"
+              "    (torchreid writes splits_single_shot.json here on first use: its 10 random splits)"),
+    ),
+    "grid": DatasetLayout(
+        folder="grid",
+        required=tuple(os.path.join("underground_reid", part)
+                       for part in ("probe", "gallery", "features_and_partitions.mat")),
+        tree=("grid/\n"
+              "    underground_reid/\n"
+              "        probe/                  250 images *.jpeg, named <person>_<camera>_..., e.g. 0001_1_25004_107_32_130_281.jpeg\n"
+              "        gallery/                1,025 images *.jpeg (person 0000: the 775 distractors)\n"
+              "        features_and_partitions.mat   the 10 published partitions (trainIdxAll)\n"
+              "    (torchreid writes splits.json here on first use)"),
+    ),
+    "viper": DatasetLayout(
+        folder="viper", required=tuple(os.path.join("VIPeR", cam) for cam in ("cam_a", "cam_b")),
+        tree=("viper/\n"
+              "    VIPeR/\n"
+              "        cam_a/                  632 images *.bmp, e.g. 000_45.bmp (paired with cam_b by sorted name)\n"
+              "        cam_b/                  632 images *.bmp\n"
+              "    (torchreid writes splits.json here on first use: 10 random partitions, each both ways)"),
+    ),
     "synthetic_a": _synthetic("synthetic_a"),
     "synthetic_b": _synthetic("synthetic_b"),
 }

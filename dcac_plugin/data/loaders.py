@@ -73,7 +73,7 @@ def _torchreid_dataset(loader: DataLoader):
     return dataset.dataset if isinstance(dataset, CheckedImageDataset) else dataset
 
 
-def _like(loader: DataLoader, dataset: Dataset, sampler: Optional[Sampler] = None) -> DataLoader:
+def loader_like(loader: DataLoader, dataset: Dataset, sampler: Optional[Sampler] = None) -> DataLoader:
     """A loader with ``loader``'s batch size, workers and pinning over ``dataset``."""
     return DataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, shuffle=False,
                       num_workers=loader.num_workers, pin_memory=loader.pin_memory, drop_last=loader.drop_last)
@@ -107,10 +107,10 @@ def skip_unreadable_images(datamanager, workers: int = 4) -> Dict[str, str]:
 def rebuild_loaders(datamanager, train_sampler: Sampler) -> None:
     """Loaders over the manager's datasets with checked reads, the training one with ``train_sampler``."""
     train = _torchreid_dataset(datamanager.train_loader)
-    datamanager.train_loader = _like(datamanager.train_loader, CheckedImageDataset(train), train_sampler)
+    datamanager.train_loader = loader_like(datamanager.train_loader, CheckedImageDataset(train), train_sampler)
     for name, splits in datamanager.test_loader.items():
         for split, loader in list(splits.items()):
-            splits[split] = _like(loader, CheckedImageDataset(_torchreid_dataset(loader)))
+            splits[split] = loader_like(loader, CheckedImageDataset(_torchreid_dataset(loader)))
 
 
 def identities_below(items: Sequence[tuple], num_instances: int) -> Dict[int, int]:
@@ -131,5 +131,5 @@ def train_items(datamanager) -> list:
     return list(datamanager.train_loader.dataset.train)
 
 
-__all__ = ["CheckedImageDataset", "ImageListDataset", "identities_below", "image_list_loader", "rebuild_loaders",
-           "skip_unreadable_images", "test_datasets", "train_items"]
+__all__ = ["CheckedImageDataset", "ImageListDataset", "identities_below", "image_list_loader", "loader_like",
+           "rebuild_loaders", "skip_unreadable_images", "test_datasets", "train_items"]

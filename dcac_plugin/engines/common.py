@@ -4,14 +4,14 @@ and a stop on a non-finite loss."""
 from __future__ import annotations
 
 import os.path as osp
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .. import distributed
 from ..checkpoint import atomic_copy, atomic_save
-from ..evaluation import evaluate_features, torchreid_ranking_note
+from ..evaluation import evaluate_features, mean_over_splits, torchreid_ranking_note
 from ..rng import capture_rng_state, preserved_rng, restore_rank_rng_state
 
 LATEST = "latest.pth.tar"
@@ -41,7 +41,8 @@ def checkpoint_paths(save_dir: str, name: str = "model") -> Dict[str, str]:
 class RunRecordMixin:
     """Mix in before a torchreid engine class.
 
-    - ``results[dataset] = {'rank1', 'mAP', 'mINP', 'epoch'}`` after every evaluation.
+    - ``results[dataset] = {'rank1', 'mAP', 'mINP', 'epoch'}`` after every evaluation; for a
+      dataset evaluated on several random splits, their means and ``split_ids``, ``splits``.
     - Checkpoints (rank 0 only, written atomically, tensors and plain types only): after
       every epoch ``<save_dir>/model/latest.pth.tar``; after every evaluation torchreid's
       ``model.pth.tar-<epoch>`` and, when Rank-1 improved, ``best.pth.tar``. Each holds the
@@ -100,11 +101,30 @@ class RunRecordMixin:
         try:
             with preserved_rng():
                 if distributed.is_main_process():
-                    rank1 = super().test(*args, **kwargs)
+                    rank1 = self.record_split_means(super().test(*args, **kwargs))
         finally:
             self.writer = self._metrics_writer
         distributed.barrier()
         return rank1
+
+    @property
+    def split_keys(self) -> Dict[str, Tuple[str, int]]:
+        """``{test-loader key: (dataset, split id)}`` of the random-split targets
+        (:func:`~dcac_plugin.data.random_splits.expand_split_targets`)."""
+        return getattr(self.datamanager, "split_keys", None) or {}
+
+    def record_split_means(self, last_rank1: float) -> float:
+        """After an evaluation: each random-split dataset's mean over its splits (and every
+        split's figures) recorded under its name. Returns the Rank-1 torchreid's loop keeps
+        (for ``best``): that of the last target evaluated, its mean for a random-split one."""
+        for dataset, per_split in self.__dict__.pop("_split_results", {}).items():
+            summary = mean_over_splits(per_split)
+            self._store(dataset, summary)
+            print(f"** {dataset}: mean over its {len(per_split)} splits ** mAP: {summary['mAP']:.1%}, "
+                  f"Rank-1: {summary['rank1']:.1%}")
+        keys = list(self.test_loader)
+        last = self.split_keys.get(keys[-1]) if keys else None
+        return self.results[last[0]]["rank1"] if last else last_rank1
 
     def check_finite(self, loss: torch.Tensor, terms: Dict[str, Any]) -> None:
         """Stop (on every rank) before a NaN or infinite loss reaches the weights."""
@@ -159,19 +179,30 @@ class RunRecordMixin:
                                    use_metric_cuhk03=use_metric_cuhk03)
         print("** Results **")
         print(f"mAP: {result.mAP:.1%}\nmINP: {result.mINP:.1%}\nCMC curve")
-        for r in ranks:
+        for r in (r for r in ranks if r <= len(result.cmc)):  # a gallery smaller than a rank has no such rank
             print(f"Rank-{r:<3}: {result.cmc[r - 1]:.1%}")
         return self._record(dataset_name, float(result.cmc[0]), float(result.mAP), mINP=float(result.mINP))
 
     def _record(self, dataset_name: str, rank1: float, mAP: float, **extra: float) -> tuple:
+        metrics = {"rank1": rank1, "mAP": mAP, **extra}
+        split = self.split_keys.get(dataset_name)
+        if split is not None:
+            # One split of a random-split dataset: its mean is recorded once all are in (record_split_means).
+            self.__dict__.setdefault("_split_results", {}).setdefault(split[0], {})[split[1]] = metrics
+        else:
+            self._store(dataset_name, metrics)
+        return rank1, mAP
+
+    def _store(self, dataset_name: str, metrics: Dict[str, Any]) -> None:
+        """``results[dataset_name]`` at this epoch, its numbers logged as ``Test/<dataset>/<metric>``."""
         epoch = int(self.epoch) + 1
-        self.results[dataset_name] = {"rank1": rank1, "mAP": mAP, **extra, "epoch": epoch}
+        self.results[dataset_name] = {**metrics, "epoch": epoch}
         # Beside torchreid's Train/* scalars (every loss term, lr), so curves need only the event file.
         writer = self.__dict__.get("_metrics_writer")
         if writer is not None:
-            for name, value in {"rank1": rank1, "mAP": mAP, **extra}.items():
-                writer.add_scalar(f"Test/{dataset_name}/{name}", value, epoch)
-        return rank1, mAP
+            for name, value in metrics.items():
+                if isinstance(value, float):
+                    writer.add_scalar(f"Test/{dataset_name}/{name}", value, epoch)
 
     # ---------------------------------------------------------------- checkpoints
 
