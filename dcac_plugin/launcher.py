@@ -20,8 +20,8 @@ from torchreid import models as reid_models
 from torchreid import utils as reid_utils
 
 from . import distributed
-from .checkpoint import (CheckpointError, atomic_write, check_resumable, export_encoder, load_checkpoint, load_model_weights,
-                         model_state_dict)
+from .checkpoint import (CheckpointError, atomic_write, check_finite_weights, check_resumable, export_encoder,
+                         load_checkpoint, load_model_weights, model_state_dict)
 from .config import ConfigError, device_kwargs, engine_run_kwargs, imagedata_kwargs
 from .cpu_convolution import MAX_MATRIX_PRODUCT_ROWS
 from .data.layouts import check_datasets
@@ -237,6 +237,7 @@ def read_training_state(path: str) -> Tuple[str, Dict[str, Any]]:
     state = load_checkpoint(path)
     if "epoch" not in state or "optimizer" not in state:
         raise CheckpointError(f"{path} holds weights, not a training state; use model.load_weights to start from it.")
+    check_finite_weights(state, path)  # weights, optimizer moments, PCL memory, diffusion state alike
     return path, state
 
 
