@@ -78,6 +78,17 @@ def _load_safetensors(path: str) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f"Checkpoint {path} is corrupt or truncated: {err}") from None
 
 
+def is_torch_save_file(path: str) -> bool:
+    """Whether ``path`` is a file ``torch.save`` writes: a zip archive (its format since
+    PyTorch 1.6) or the legacy pickle, which opens with pickle's PROTO opcode (0x80)."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x80"
+
+
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """Read a checkpoint safely; a file that needs arbitrary unpickling is refused.
 

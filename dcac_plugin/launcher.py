@@ -39,6 +39,8 @@ from .preparation import prepared_in_rounds
 from .performance import AMP_CHOICES, compile_modules, enable_gradient_checkpointing, use_faster_unet_kernels
 from .registration import image_dataset_table, model_factory
 from .registry import ENGINES, nearest_name
+from .resumption import (apply_learning_rates, asked_learning_rates, check_resume_settings, checked_checkpoint_file,
+                         epochs_left)
 from .writable import writing_torch_cache
 from .validation import check_values
 from .run_lock import run_lock
@@ -228,7 +230,7 @@ def resolve_resume_path(path: str) -> str:
             if osp.isfile(candidate):
                 return candidate
         raise CheckpointError(f"model.resume {path} is a folder without model/latest.pth.tar; name a checkpoint file.")
-    return path
+    return checked_checkpoint_file(path)
 
 
 def read_training_state(path: str) -> Tuple[str, Dict[str, Any]]:
@@ -257,9 +259,12 @@ def training_state_from_rank0(path: str) -> Tuple[str, Dict[str, Any]]:
     return value
 
 
-def resume(path: str, model: nn.Module, engine) -> int:
+def resume(path: str, model: nn.Module, engine, cfg: Optional[CN] = None) -> int:
     """Restore everything a checkpoint of ours holds (weights, optimizer, scheduler, PCL
-    memory, diffusion state, RNG states, results); returns the epoch to start from."""
+    memory, diffusion state, RNG states, results); returns the epoch to start from. The
+    learning rates the engine's optimizer was built with replace the checkpoint's
+    (:func:`apply_learning_rates`). With the run's ``cfg``, a ``train.max_epoch`` below the
+    checkpoint's epoch is refused and one equal to it said (nothing left to train)."""
     path, state = training_state_from_rank0(path)
     weights = model_state_dict(state)
     check_resumable(model, weights, path)
@@ -267,9 +272,21 @@ def resume(path: str, model: nn.Module, engine) -> int:
         model.load_state_dict(weights)
     except RuntimeError as err:
         raise CheckpointError(f"Checkpoint {path} does not fit model {type(model).__name__}: {err}") from None
-    engine.load_training_state(state)
-    print(f"Resumed from {path} at epoch {state['epoch']}")
-    return int(state["epoch"])
+    epoch = int(state["epoch"])
+    line = epochs_left(path, epoch, cfg) if cfg is not None else f"Resumed from {path} at epoch {epoch}"
+    asked = asked_learning_rates(engine)
+    try:
+        engine.load_training_state(state)
+    except ValueError as err:  # torch's optimizer: other parameter groups
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit this run's optimizer ({err}): it was written by another engine or "
+            "optimizer setup (engine, train.optim, train.staged_lr, train.new_layers, dcac.finetune). model.resume "
+            f"continues the same training only; to start from its weights, use model.load_weights {path}.") from None
+    print(line)
+    note = apply_learning_rates(engine, asked)
+    if note:
+        print(note)
+    return epoch
 
 
 class _Tee:
@@ -383,7 +400,7 @@ def prepare(cfg: CN) -> PreparedRun:
         print(f"{cfg.engine} run built from:\n" + "\n".join(f"  {line}" for line in engine.setup_summary(cfg)))
     run_kwargs = engine_run_kwargs(cfg)
     if cfg.model.resume:
-        run_kwargs["start_epoch"] = resume(cfg.model.resume, model, engine)
+        run_kwargs["start_epoch"] = resume(cfg.model.resume, model, engine, cfg)
     if info.enabled:
         engine.setup_distributed()
         print(f"Distributed: {info.world_size} processes ({torch.distributed.get_backend()}), "
@@ -474,10 +491,15 @@ def run(cfg: CN) -> Dict[str, Any]:
     Launched with torchrun, every rank runs this; rank 0 alone logs, evaluates and writes.
     """
     check_config(cfg)
+    # Before any work: what of this config a resume cannot change (rank 0 has the checkpoint).
+    resume_notes = (check_resume_settings(cfg, resolve_resume_path(cfg.model.resume))
+                    if cfg.model.resume and distributed.launched_info().is_main else [])
     # train.deterministic's settings are the process's: restored when the run ends, for the next
     # run of dcac experiments / demo in this process.
     with run_output(cfg) as replaced, restored_determinism(), determinism_errors_explained(cfg.train.deterministic):
         print(f"Show configuration\n{cfg}\n")
+        for note in resume_notes:
+            print(note)
         prepared = prepare(cfg)
         if distributed.launched_info().is_main:
             if replaced:

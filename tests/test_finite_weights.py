@@ -1,7 +1,6 @@
 """Weights with NaN or infinite values are refused wherever they are loaded for use (extract,
 export, evaluation, ``model.load_weights``, ``model.resume``, ``load_encoder``), in one line
 naming the file and the tensors; nothing is written."""
-import hashlib
 import os
 import shutil
 
@@ -13,19 +12,12 @@ from safetensors.torch import load_file, save_file
 import dcac_cli
 from dcac_plugin.checkpoint import CheckpointError, load_checkpoint, load_encoder, non_finite_tensors
 from dcac_plugin.cli import demo_config_path
+from tree_guard import digests
 
 
 def file_digests(folder):
-    """Every file under ``folder`` (relative path -> sha256), logs aside: a run that stops
-    appends its error to the folder's log, as it should."""
-    digests = {}
-    for where, _, names in os.walk(folder):
-        for name in names:
-            if ".log-" not in name:
-                path = os.path.join(where, name)
-                with open(path, "rb") as handle:
-                    digests[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
-    return digests
+    """The files under ``folder`` and their digests, logs aside: a run that stops appends its error to the log."""
+    return digests(folder, ignored=(".log-",))
 
 
 def dcac(*argv):
