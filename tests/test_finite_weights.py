@@ -10,6 +10,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import dcac_cli
+from conftest import one_error_line
 from dcac_plugin.checkpoint import CheckpointError, load_checkpoint, load_encoder, non_finite_tensors
 from dcac_plugin.cli import demo_config_path
 from tree_guard import digests
@@ -22,12 +23,6 @@ def file_digests(folder):
 
 def dcac(*argv):
     return dcac_cli.main(list(argv))
-
-
-def one_line_error(capsys):
-    err = capsys.readouterr().err
-    assert err.startswith("dcac: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err[len("dcac: error: "):].rstrip("\n")
 
 
 @pytest.fixture
@@ -63,7 +58,7 @@ def test_extract_of_nan_weights_is_refused_naming_file_and_tensor(poisoned_run, 
     before = file_digests(poisoned_run)
     out = tmp_path / "features.safetensors"
     assert dcac("extract", str(poisoned_run), str(images), "--output", str(out)) == 2
-    message = one_line_error(capsys)
+    message = one_error_line(capsys)
     assert message.startswith(f"Weights file {poisoned_run / 'encoder.safetensors'} holds NaN or infinite values in 1 "
                               "tensor: backbone.proj (3 NaN); every feature and loss computed from it would be NaN. "
                               "Use another checkpoint"), message
@@ -74,7 +69,7 @@ def test_export_of_nan_weights_is_refused(poisoned_run, tmp_path, capsys):
     before = file_digests(poisoned_run)
     out = tmp_path / "encoder.onnx"
     assert dcac("export", str(poisoned_run), "--format", "onnx", "--output", str(out)) == 2
-    assert "holds NaN or infinite values in 1 tensor: backbone.proj (3 NaN)" in one_line_error(capsys)
+    assert "holds NaN or infinite values in 1 tensor: backbone.proj (3 NaN)" in one_error_line(capsys)
     assert not out.exists() and file_digests(poisoned_run) == before
 
 
@@ -83,7 +78,7 @@ def test_evaluation_of_nan_weights_is_refused_and_leaves_no_folder(poisoned_run,
     evaluation = tmp_path / "eval"
     assert dcac("train", "--config-file", demo_config_path("baseline"), "--root", data_root, "data.save_dir",
                 str(evaluation), "test.evaluate", "True", "model.load_weights", str(poisoned_run)) == 2
-    assert "encoder.safetensors holds NaN or infinite values in 1 tensor: backbone.proj" in one_line_error(capsys)
+    assert "encoder.safetensors holds NaN or infinite values in 1 tensor: backbone.proj" in one_error_line(capsys)
     assert not evaluation.exists() and file_digests(poisoned_run) == before
 
 
@@ -96,7 +91,7 @@ def test_load_weights_names_the_first_tensors_and_counts_the_rest(baseline_run, 
     torch.save(state, path)
     assert dcac("train", "--config-file", demo_config_path("baseline"), "--root", data_root, "data.save_dir",
                 str(tmp_path / "new"), "model.load_weights", str(path)) == 2
-    message = one_line_error(capsys)
+    message = one_error_line(capsys)
     shown = ", ".join(f"{name} (1 infinite)" for name in names[:3])
     assert f"Weights file {path} holds NaN or infinite values in 5 tensors: {shown} and 2 more;" in message
     assert not (tmp_path / "new").exists()
@@ -117,7 +112,7 @@ def test_resume_checks_the_whole_training_state(baseline_run, data_root, tmp_pat
     assert dcac("train", "--config-file", demo_config_path("baseline"), "--root", data_root, "data.save_dir", str(run),
                 "model.resume", str(run), "train.max_epoch", "2") == 2
     assert (f"Weights file {latest} holds NaN or infinite values in 1 tensor: optimizer.state.{first}.{moment} (1 NaN)"
-            in one_line_error(capsys))
+            in one_error_line(capsys))
     assert file_digests(run) == before
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import dcac_cli
+from conftest import one_error_line
 from dcac_plugin.checkpoint import load_checkpoint
 from dcac_plugin.cli import demo_config_path
 from dcac_plugin.config import ConfigError, build_config
@@ -18,12 +19,6 @@ from tree_guard import digests as file_digests
 
 def train(data_root, *opts, config="baseline"):
     return dcac_cli.main(["train", "--config-file", demo_config_path(config), "--root", data_root, *opts])
-
-
-def one_line_error(capsys):
-    err = capsys.readouterr().err
-    assert err.startswith("dcac: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err[len("dcac: error: "):].rstrip("\n")
 
 
 @pytest.fixture
@@ -39,7 +34,7 @@ def test_keys_a_resume_cannot_change_are_refused_before_any_work(run, data_root,
     assert train(data_root, "data.save_dir", str(run), "model.resume", str(run), "train.max_epoch", "2",
                  "train.optim", "sgd", "dcac.pcl.temperature", "0.9", "train.lr", "0.5") == 2
     latest = run / "model" / "latest.pth.tar"
-    assert one_line_error(capsys) == (
+    assert one_error_line(capsys) == (
         f"model.resume {latest} continues the run of {run / 'config.yaml'}, and this config changes 2 keys a resume "
         "cannot: dcac.pcl.temperature 0.01 in the run, 0.9 now; train.optim adam in the run, sgd now. The resume "
         "restores that run's model, optimizer, schedule and state as they were, so these would be recorded but not "
@@ -54,7 +49,7 @@ def test_a_resume_under_another_engine_is_refused(run, data_root, tmp_path, caps
     before = file_digests(run)
     assert train(data_root, "data.save_dir", str(tmp_path / "dcac"), "model.resume", str(run), config="dcac") == 2
     latest = run / "model" / "latest.pth.tar"
-    assert one_line_error(capsys) == (
+    assert one_error_line(capsys) == (
         f"model.resume {latest} was written by a run of engine baseline ({run / 'config.yaml'}), and this run's "
         "engine is dcac: a resume continues a run with its own engine, optimizer and state. To start a dcac run from "
         f"its weights, set model.load_weights {latest} instead (and leave out model.resume), in a data.save_dir of "
@@ -69,7 +64,7 @@ def test_another_engine_without_config_yaml_is_refused_by_its_optimizer(run, dat
     shutil.copy(run / "model" / "latest.pth.tar", alone / "latest.pth.tar")
     assert train(data_root, "data.save_dir", str(tmp_path / "dcac"), "model.resume", str(alone / "latest.pth.tar"),
                  "train.max_epoch", "2", config="dcac") == 2
-    message = one_line_error(capsys)
+    message = one_error_line(capsys)
     assert message.startswith(f"Checkpoint {alone / 'latest.pth.tar'} does not fit this run's optimizer (")
     assert message.endswith("it was written by another engine or optimizer setup (engine, train.optim, "
                             "train.staged_lr, train.new_layers, dcac.finetune). model.resume continues the same "
@@ -81,7 +76,7 @@ def test_another_engine_without_config_yaml_is_refused_by_its_optimizer(run, dat
 @pytest.mark.parametrize("name", ["results.json", "config.yaml"])
 def test_a_run_file_that_is_no_checkpoint_is_named_with_the_files_that_are(run, data_root, tmp_path, capsys, name):
     assert train(data_root, "data.save_dir", str(tmp_path / "new"), "model.resume", str(run / name)) == 2
-    assert one_line_error(capsys) == (
+    assert one_error_line(capsys) == (
         f"model.resume {run / name} is not a checkpoint (the run's {name}). model.resume takes a run's folder (its "
         "model/latest.pth.tar) or one of the checkpoints in the run's model/ folder: latest.pth.tar, best.pth.tar or "
         "model.pth.tar-<epoch>.")
