@@ -76,8 +76,9 @@ def check_resume_settings(cfg: CN, checkpoint: str) -> List[str]:
             "not used. Set them as the run had them (or leave them out), or start a new run from its weights with "
             f"model.load_weights {checkpoint} in another data.save_dir. A resume may change {MAY_CHANGE}.")
     applied = [item for item in found if not in_class(item.key, RUN_PLACE)]
-    return [f"Resume: this config changes {describe(applied, limit=len(applied))}; applied from the resumed epoch on."] \
-        if applied else []
+    if not applied:
+        return []
+    return [f"Resume: this config changes {describe(applied, limit=len(applied))}; applied from the resumed epoch on."]
 
 
 def epochs_left(checkpoint: str, epoch: int, cfg: CN) -> str:

@@ -359,3 +359,26 @@ def test_bench_train_plans_before_it_measures_and_passes_what_fits(counted_work,
     train_bench.run_train_settings([train_bench.Setting("fp16", True)], device="cpu", opts=TINY, num_classes=8,
                                    schedule="sequential")
     assert order == [("checked", 2, 2), ("measured",)]
+
+
+def test_on_a_gpu_the_planned_steps_are_set_against_its_memory(monkeypatch):
+    """Each step alone (sequential, the GPU default) against the GPU's total memory, named."""
+    from types import SimpleNamespace
+
+    from dcac_plugin.benchmarks import devices, train_bench
+    from dcac_plugin.benchmarks.memory_plan import MemoryPlan
+    from dcac_plugin.errors import UsageError
+
+    monkeypatch.setattr(devices.torch.cuda, "get_device_properties",
+                        lambda dev: SimpleNamespace(total_memory=80 * 2**30, name="NVIDIA A100-SXM4-80GB"))
+    cuda = torch.device("cuda", 0)
+    setting = train_bench.Setting("fp16", True)
+    plans = {("baseline", "fp16", True): MemoryPlan(60 * 2**30, {}), ("dcac", "fp16", True): MemoryPlan(70 * 2**30, {})}
+    train_bench.check_steps_fit(plans, [setting], ("baseline", "dcac"), cuda, "sequential", 64)  # each fits alone
+    plans[("dcac", "fp16", True)] = MemoryPlan(int(90.25 * 2**30), {})
+    with pytest.raises(UsageError) as info:
+        train_bench.check_steps_fit(plans, [setting], ("baseline", "dcac"), cuda, "sequential", 64)
+    assert str(info.value) == ("--batch-size 64: the dcac step (fp16:cache) needs at least 90.2 GiB (planned on the "
+                               "meta device, as `dcac stats --batch-size 64` plans a step), and cuda:0 "
+                               "(NVIDIA A100-SXM4-80GB) has 80.0 GiB. Use a smaller --batch-size (the memory grows "
+                               "with it) or --gradient-checkpointing.")

@@ -337,10 +337,10 @@ def check_steps_fit(plans: Dict[Tuple[str, str, bool], object], settings: Sequen
         what = (f"the {' and '.join(gib)} steps ({setting.name}), held at once in turns, need at least "
                 f"{' + '.join(gib.values())} = {total / 2**30:.1f} GiB" if together else
                 f"the {max(needed, key=needed.get)} step ({setting.name}) needs at least {total / 2**30:.1f} GiB")
+        fixes = ", --gradient-checkpointing, or --schedule sequential" if together else " or --gradient-checkpointing"
         raise UsageError(f"--batch-size {batch_size}: {what} (planned on the meta device, as `dcac stats --batch-size "
                          f"{batch_size}` plans a step), and {where.format(gib=f'{capacity / 2**30:.1f}')}. Use a "
-                         f"smaller --batch-size (the memory grows with it), --gradient-checkpointing"
-                         f"{', or --schedule sequential' if together else ''}.")
+                         f"smaller --batch-size (the memory grows with it){fixes}.")
 
 
 def run_train_settings(settings: Sequence[Setting], batch_size: int = 8, steps: int = 5, warmup: int = 2,
