@@ -6,7 +6,7 @@ A command line argparse rejects and an input a command rejects read the same,
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from typing import NoReturn, Optional
 
 PROG = "dcac"
 
@@ -31,8 +31,17 @@ class DcacArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{error_line(message)}\n{self.format_usage()}")
 
 
+# The largest batch and identity count the commands plan or build: far beyond what one GPU
+# holds (a ViT-B/16 training step needs tens of GB at a few hundred images) and beyond the
+# largest Re-ID training sets (tens of thousands of identities), yet small enough that what
+# is built per image or per identity stays small.
+MAX_BATCH = 65536
+MAX_CLASSES = 1_000_000
+MAX_GPU_MEMORY_GB = 100_000.0
+
+
 def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (``--steps``, ``--batch-size``)."""
+    """An argparse type: a whole number of at least 1 (``--steps``)."""
     return _bounded_int(text, 1, "a whole number of at least 1")
 
 
@@ -41,12 +50,38 @@ def non_negative_int(text: str) -> int:
     return _bounded_int(text, 0, "a whole number of at least 0")
 
 
-def _bounded_int(text: str, lowest: int, wanted: str) -> int:
+def training_batch_size(text: str) -> int:
+    """An argparse type: images per training step (``stats`` and ``bench train --batch-size``),
+    2 to :data:`MAX_BATCH`: the BNNeck's batch norm needs two images in training."""
+    return _bounded_int(text, 2, f"a whole number from 2 (the BNNeck's batch norm needs two images in training) "
+                                 f"to {MAX_BATCH} (the largest batch planned or built here; a step's memory grows "
+                                 f"with its batch, and {MAX_BATCH} images need terabytes)", highest=MAX_BATCH)
+
+
+def identity_count(text: str) -> int:
+    """An argparse type: training identities (``stats --num-classes``), 1 to :data:`MAX_CLASSES`."""
+    return _bounded_int(text, 1, f"a whole number of training identities from 1 to {MAX_CLASSES}",
+                        highest=MAX_CLASSES)
+
+
+def gpu_memory_gb(text: str) -> float:
+    """An argparse type: a GPU's memory in GB (``stats --gpu-memory-gb``), finite and above 0."""
+    wanted = f"a number of GB above 0 and at most {MAX_GPU_MEMORY_GB:g}"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}") from None
+    if not 0 < value <= MAX_GPU_MEMORY_GB:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text} is not {wanted}")
+    return value
+
+
+def _bounded_int(text: str, lowest: int, wanted: str, highest: Optional[int] = None) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not {wanted}") from None
-    if value < lowest:
+    if value < lowest or (highest is not None and value > highest):
         raise argparse.ArgumentTypeError(f"{value} is not {wanted}")
     return value
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 
-from .base import PROG, DcacArgumentParser, HelpFormatter, bench_setting, non_negative_int, positive_int
+from .base import (PROG, DcacArgumentParser, HelpFormatter, bench_setting, gpu_memory_gb, identity_count,
+                   non_negative_int, positive_int, training_batch_size)
 from .choices import AMP_CHOICES, BENCH_SCHEDULES, DEMO_RUN_SUMMARIES, DEMO_RUNS, ENGINE_SUMMARIES
 from .overrides import ListThenOverrides, add_overrides_argument
 from .runs import add_experiments_parser, add_export_parser, add_extract_parser, add_visualize_parser
@@ -74,9 +75,9 @@ def _add_train_parsers(sub: "argparse._SubParsersAction") -> None:
                                          "architectures, no weights, no GPU)",
                            description=STATS_DESCRIPTION, formatter_class=HelpFormatter)
     add_launcher_arguments(stats)
-    stats.add_argument("--num-classes", type=int, default=None,
+    stats.add_argument("--num-classes", type=identity_count, default=None,
                        help="training identities (default: the standard datasets' counts for data.sources)")
-    stats.add_argument("--batch-size", type=int, default=64,
+    stats.add_argument("--batch-size", type=training_batch_size, default=64,
                        help="images per step for the FLOPs and the memory plan (the paper's Table 6: 64)")
     stats.add_argument("--amp", default="fp16", choices=[mode for mode in AMP_CHOICES if mode != "auto"],
                        help="precision of the planned step: autocast fp16 (the paper's), bf16, or off (fp32)")
@@ -85,7 +86,7 @@ def _add_train_parsers(sub: "argparse._SubParsersAction") -> None:
     stats.add_argument("--no-latent-cache", action="store_true",
                        help="plan the dcac step with the VAE encoding every step (the paper's setting) instead of "
                             "looking up cached posteriors (dcac train's default)")
-    stats.add_argument("--gpu-memory-gb", type=float, default=24.0,
+    stats.add_argument("--gpu-memory-gb", type=gpu_memory_gb, default=24.0,
                        help="GPU memory the planned peaks are compared with (fits_gpu)")
     stats.add_argument("--parameters-only", action="store_true",
                        help="only the parameter counts: skip the FLOP count and the memory plan (about 15 s)")
@@ -106,7 +107,9 @@ def _add_bench_parser(sub: "argparse._SubParsersAction") -> None:
                                                      "the meta device), baseline vs dcac (real-size architectures, "
                                                      "random init)",
                                        formatter_class=HelpFormatter)
-    bench_train.add_argument("--batch-size", type=positive_int, default=8)
+    bench_train.add_argument("--batch-size", type=training_batch_size, default=8,
+                             help="images per step; the steps' memory is planned first and a batch the device "
+                                  "cannot hold is refused before any process starts")
     bench_train.add_argument("--steps", type=positive_int, default=5, help="measured steps (after warm-up)")
     bench_train.add_argument("--warmup", type=non_negative_int, default=2)
     bench_train.add_argument("--amp", default="off", choices=list(AMP_CHOICES),
@@ -118,7 +121,7 @@ def _add_bench_parser(sub: "argparse._SubParsersAction") -> None:
                                   "per precision and FLOPs counted once per step; instead of --amp and "
                                   "--no-latent-cache")
     bench_train.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    bench_train.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    bench_train.add_argument("--rank", type=positive_int, default=8, help="LoRA rank")
     bench_train.add_argument("--no-latent-cache", action="store_true", help="encode the diffusion view every step")
     bench_train.add_argument("--gradient-checkpointing", action="store_true")
     bench_train.add_argument("--plan", action="store_true",

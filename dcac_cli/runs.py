@@ -33,6 +33,10 @@ def add_experiments_parser(subparsers: "argparse._SubParsersAction") -> argparse
     parser.add_argument("--root", default="", help="data root for every run (data.root)")
     parser.add_argument("--keep-going", action="store_true", help="record a failed run and go on with the next")
     parser.add_argument("--collect-only", action="store_true", help="no training: only write and print the tables")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over the runs whose folder holds a run of other settings than asked now (its "
+                             "outputs are deleted when the new run starts; its logs and other files stay); without "
+                             "it such a folder stops the command before any run")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides applied to every run")
     parser.set_defaults(handler="dcac_plugin.experiments:cmd_experiments")
     return parser

@@ -78,6 +78,17 @@ def _load_safetensors(path: str) -> Dict[str, torch.Tensor]:
         raise CheckpointError(f"Checkpoint {path} is corrupt or truncated: {err}") from None
 
 
+def is_torch_save_file(path: str) -> bool:
+    """Whether ``path`` is a file ``torch.save`` writes: a zip archive (its format since
+    PyTorch 1.6) or the legacy pickle, which opens with pickle's PROTO opcode (0x80)."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x80"
+
+
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """Read a checkpoint safely; a file that needs arbitrary unpickling is refused.
 
@@ -103,6 +114,45 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"Checkpoint {path} holds a {type(state).__name__}, not a dict of tensors.")
     return state
+
+
+def non_finite_tensors(state: Any, prefix: str = "") -> List[Tuple[str, int, int]]:
+    """(name, NaN count, infinity count) of every floating-point tensor in ``state`` (nested
+    dicts, lists and tuples, as a checkpoint holds them) that is not all finite; names are
+    the dotted keys, e.g. ``state_dict.backbone.proj`` or ``optimizer.state.3.exp_avg``."""
+    if isinstance(state, torch.Tensor):
+        if not (state.is_floating_point() or state.is_complex()) or bool(torch.isfinite(state).all()):
+            return []
+        nans = int(torch.isnan(state).sum())
+        return [(prefix or "(the tensor)", nans, int((~torch.isfinite(state)).sum()) - nans)]
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return []
+    found = []
+    for key, value in items:
+        found += non_finite_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    return found
+
+
+def _non_finite_count(nans: int, infs: int) -> str:
+    return " and ".join(part for part in (f"{nans} NaN" if nans else "", f"{infs} infinite" if infs else "") if part)
+
+
+def check_finite_weights(state: Any, path: str) -> None:
+    """Refuse weights (or a whole training state) with NaN or infinite values: features, losses
+    and every later step computed from them would be NaN, and nothing would say why."""
+    found = non_finite_tensors(state)
+    if not found:
+        return
+    named = ", ".join(f"{name} ({_non_finite_count(nans, infs)})" for name, nans, infs in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    raise CheckpointError(
+        f"Weights file {path} holds NaN or infinite values in {len(found)} tensor{'s' if len(found) > 1 else ''}: "
+        f"{named}{more}; every feature and loss computed from it would be NaN. Use another checkpoint (e.g. an "
+        "earlier model/model.pth.tar-<epoch> of the same run) or train again.")
 
 
 # The reference implementation's checkpoint layout (REFERENCE-NOTES, "Checkpoints of the
@@ -280,6 +330,7 @@ def apply_weights(model: nn.Module, weights: Dict[str, torch.Tensor], path: str)
         raise architecture_error(model, fit, weights, path)
     if fit.identities:
         weights = {k: v for k, v in weights.items() if not k.startswith(CLASSIFIER_PREFIX)}
+    check_finite_weights(weights, path)
     model.load_state_dict(weights, strict=False)
     return classifier_note(fit)
 
@@ -316,4 +367,5 @@ def load_encoder(model: nn.Module, path: str) -> None:
     if set(weights) != own:
         raise CheckpointError(f"Encoder file {path} does not fit {type(model).__name__}: missing "
                               f"{sorted(own - set(weights))[:5]}, unexpected {sorted(set(weights) - own)[:5]}.")
+    check_finite_weights(weights, path)
     model.load_state_dict(weights, strict=False)

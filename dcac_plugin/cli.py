@@ -63,11 +63,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     from .stats import flops_and_memory_stats, parameter_stats
 
-    if args.batch_size < 2:
-        # The BNNeck's batch norm needs two samples per batch in training.
-        raise UsageError(f"--batch-size must be at least 2, got {args.batch_size}.")
-    if not args.gpu_memory_gb > 0:
-        raise UsageError(f"--gpu-memory-gb must be positive, got {args.gpu_memory_gb:g}.")
     # Always the DCAC model: a config for another engine still describes its data and options.
     args.opts = ["engine", "dcac"] + list(args.opts or [])
     cfg = config_from_args(args)

@@ -2,7 +2,9 @@
 
 Reproducing the paper's tables takes dozens of long runs; machines get preempted and runs
 crash. A run list is therefore meant to be started again as it is: finished runs are
-skipped, interrupted ones resume from their last checkpoint, and every start ends with the
+skipped, interrupted ones resume from their last checkpoint (both only when the run in the
+folder has the settings asked for now: a folder holding a run of other settings stops the
+command before any run, unless ``--overwrite`` starts it over), and every start ends with the
 same two tables (``results.md``, ``results.csv``) of what has finished so far, each row
 next to the paper's number for the same variant and setting (``paper_results.csv``) and
 the difference.
@@ -23,6 +25,7 @@ from .distributed import launched_info
 from .errors import CommandFailed, ConfigError
 from .protocols import domain, paper_variant, setting_name
 from .registry import nearest_names
+from .run_settings import HOW_IT_RUNS, RUN_PLACE, describe, differences, recorded_settings, settings_of
 from .save_dir import run_outputs
 from .shipped import (CONFIG_SUFFIXES, RUN_LIST_SUFFIX, resolve_config, resolve_run_list, shipped_config,
                       shipped_configs, shipped_run_list, shipped_run_lists)
@@ -106,6 +109,53 @@ def run_status(save_dir: str) -> str:
     return "new"
 
 
+def other_settings(save_dir: str, cfg) -> Optional[str]:
+    """Why the run ``save_dir`` holds is not the run ``cfg`` asks for (its ``config.yaml`` differs
+    beyond where and how it runs, or it has none), or None when the folder holds no run or
+    that run."""
+    outputs = run_outputs(save_dir)
+    if not outputs:
+        return None
+    recorded = recorded_settings(osp.join(save_dir, "config.yaml"))
+    if recorded is None:
+        return (f"it holds {', '.join(outputs[:3])}{', ...' if len(outputs) > 3 else ''} but no readable "
+                "config.yaml, so its settings are unknown")
+    found = differences(recorded, settings_of(cfg), ignored=RUN_PLACE + HOW_IT_RUNS)
+    return describe(found) if found else None
+
+
+def _asked_config(config: str, save_dir: str, opts: Sequence[str]):
+    """The config a run of the list is asked to run with, or None when it cannot be built (the
+    run then fails at its turn, with that error)."""
+    try:
+        return build_config(config, list(opts) + ["data.save_dir", save_dir])
+    except ConfigError:
+        return None
+
+
+def check_settings(configs: Sequence[str], out_dir: str, opts: Sequence[str], overwrite: bool) -> Dict[str, str]:
+    """{save_dir: what differs} of the list's folders that hold a run of other settings than
+    asked now. Without ``overwrite`` any such folder stops the command here, before any run,
+    naming the keys and both values and the two ways on."""
+    stale = {}
+    for config in configs:
+        save_dir = run_dir(out_dir, config)
+        cfg = _asked_config(config, save_dir, opts)
+        why = other_settings(save_dir, cfg) if cfg is not None else None
+        if why:
+            stale[save_dir] = why
+    if stale and not overwrite:
+        (first, why), others = next(iter(stale.items())), list(stale)[1:]
+        more = (f"; so do {len(others)} more run folder{'s' if len(others) > 1 else ''} of this list "
+                f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})" if others else "")
+        raise ConfigError(f"{first} holds a run of other settings than asked now ({why}), so its results are not "
+                          f"this setting's{more}. To keep {'those runs' if others else 'that run'}, pass another "
+                          f"--out; to replace {'them' if others else 'it'}, pass --overwrite (each such run starts "
+                          "over in its folder: its outputs are deleted when it starts; its logs and any other files "
+                          "stay).")
+    return stale
+
+
 # ------------------------------------------------------------------------------ running
 
 def continuation_opts(status: str, save_dir: str) -> List[str]:
@@ -122,9 +172,11 @@ def continuation_opts(status: str, save_dir: str) -> List[str]:
 
 
 def run_experiments(configs: Sequence[str], out_dir: str, opts: Sequence[str] = (), keep_going: bool = False,
-                    runner: Optional[Callable[[Any], Any]] = None) -> List[dict]:
+                    runner: Optional[Callable[[Any], Any]] = None, overwrite: bool = False) -> List[dict]:
     """Run ``configs`` one after another, each in ``run_dir(out_dir, config)``: done runs
     are skipped, interrupted ones resumed. ``opts`` (KEY VALUE pairs) apply to every run.
+    A folder holding a run of other settings (:func:`check_settings`) stops the command before
+    any run; with ``overwrite`` that run starts over in its folder instead.
 
     Returns one record per run: config, save_dir, status (before this call), action
     (skipped | ran | resumed | failed) and error. The result tables are written at the
@@ -133,18 +185,25 @@ def run_experiments(configs: Sequence[str], out_dir: str, opts: Sequence[str] = 
     if runner is None:
         from .launcher import run as runner
     configs = _unique_runs(configs)
+    stale = check_settings(configs, out_dir, opts, overwrite)
     records: List[dict] = []
     try:
         for index, config in enumerate(configs, 1):
             save_dir = run_dir(out_dir, config)
-            status = run_status(save_dir)
+            status = "other settings" if save_dir in stale else run_status(save_dir)
             print(f"\n[{index}/{len(configs)}] {config} -> {save_dir} ({status})", flush=True)
             record = {"config": config, "save_dir": save_dir, "status": status, "action": "skipped", "error": ""}
             records.append(record)
             if status == "done":
                 print("skip (done)", flush=True)
                 continue
-            run_opts = list(opts) + ["data.save_dir", save_dir] + continuation_opts(status, save_dir)
+            if save_dir in stale:
+                print(f"starting over (--overwrite): {save_dir} holds a run of other settings ({stale[save_dir]})",
+                      flush=True)
+                continuation = ["data.overwrite", "True"]
+            else:
+                continuation = continuation_opts(status, save_dir)
+            run_opts = list(opts) + ["data.save_dir", save_dir] + continuation
             record["action"] = "resumed" if status == "interrupted" else "ran"
             try:
                 runner(build_config(config, run_opts))
@@ -203,10 +262,13 @@ def collect(configs: Sequence[str], out_dir: str, opts: Sequence[str] = ()) -> L
         base = {column: None for column in TABLE_COLUMNS}
         base.update(config=config, run=osp.basename(save_dir), status=status)
         try:
-            cfg = build_config(config, list(opts))
+            cfg = build_config(config, list(opts) + ["data.save_dir", save_dir])
         except ConfigError as err:
             rows.append({**base, "status": f"bad config: {err}"})
             continue
+        if other_settings(save_dir, cfg):
+            # Its numbers are another setting's: not tabulated as this one's.
+            status = base["status"] = "other settings"
         # What was run is in results.json; the config is the fallback for runs not done.
         summary = _read_summary(save_dir) if status == "done" else None
         sources = summary["sources"] if summary else list(cfg.data.sources)
@@ -344,7 +406,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     if args.collect_only:
         write_tables(collect(configs, args.out, opts), args.out)
     else:
-        records = run_experiments(configs, args.out, opts, keep_going=args.keep_going)
+        records = run_experiments(configs, args.out, opts, keep_going=args.keep_going, overwrite=args.overwrite)
     if not launched_info().is_main:
         return 0
     with open(osp.join(args.out, "results.md"), encoding="utf-8") as handle:

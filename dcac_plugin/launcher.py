@@ -20,8 +20,8 @@ from torchreid import models as reid_models
 from torchreid import utils as reid_utils
 
 from . import distributed
-from .checkpoint import (CheckpointError, atomic_write, check_resumable, export_encoder, load_checkpoint, load_model_weights,
-                         model_state_dict)
+from .checkpoint import (CheckpointError, atomic_write, check_finite_weights, check_resumable, export_encoder,
+                         load_checkpoint, load_model_weights, model_state_dict)
 from .config import ConfigError, device_kwargs, engine_run_kwargs, imagedata_kwargs
 from .cpu_convolution import MAX_MATRIX_PRODUCT_ROWS
 from .data.combineall import combineall_counts_cameras
@@ -42,6 +42,8 @@ from .preparation import prepared_in_rounds
 from .performance import AMP_CHOICES, compile_modules, enable_gradient_checkpointing, use_faster_unet_kernels
 from .registration import image_dataset_table, model_factory
 from .registry import ENGINES, nearest_name
+from .resumption import (apply_learning_rates, asked_learning_rates, check_resume_settings, checked_checkpoint_file,
+                         epochs_left)
 from .writable import writing_torch_cache
 from .validation import check_values
 from .run_lock import run_lock
@@ -255,7 +257,7 @@ def resolve_resume_path(path: str) -> str:
             if osp.isfile(candidate):
                 return candidate
         raise CheckpointError(f"model.resume {path} is a folder without model/latest.pth.tar; name a checkpoint file.")
-    return path
+    return checked_checkpoint_file(path)
 
 
 def read_training_state(path: str) -> Tuple[str, Dict[str, Any]]:
@@ -264,6 +266,7 @@ def read_training_state(path: str) -> Tuple[str, Dict[str, Any]]:
     state = load_checkpoint(path)
     if "epoch" not in state or "optimizer" not in state:
         raise CheckpointError(f"{path} holds weights, not a training state; use model.load_weights to start from it.")
+    check_finite_weights(state, path)  # weights, optimizer moments, PCL memory, diffusion state alike
     return path, state
 
 
@@ -283,9 +286,12 @@ def training_state_from_rank0(path: str) -> Tuple[str, Dict[str, Any]]:
     return value
 
 
-def resume(path: str, model: nn.Module, engine) -> int:
+def resume(path: str, model: nn.Module, engine, cfg: Optional[CN] = None) -> int:
     """Restore everything a checkpoint of ours holds (weights, optimizer, scheduler, PCL
-    memory, diffusion state, RNG states, results); returns the epoch to start from."""
+    memory, diffusion state, RNG states, results); returns the epoch to start from. The
+    learning rates the engine's optimizer was built with replace the checkpoint's
+    (:func:`apply_learning_rates`). With the run's ``cfg``, a ``train.max_epoch`` below the
+    checkpoint's epoch is refused and one equal to it said (nothing left to train)."""
     path, state = training_state_from_rank0(path)
     weights = model_state_dict(state)
     check_resumable(model, weights, path)
@@ -293,9 +299,21 @@ def resume(path: str, model: nn.Module, engine) -> int:
         model.load_state_dict(weights)
     except RuntimeError as err:
         raise CheckpointError(f"Checkpoint {path} does not fit model {type(model).__name__}: {err}") from None
-    engine.load_training_state(state)
-    print(f"Resumed from {path} at epoch {state['epoch']}")
-    return int(state["epoch"])
+    epoch = int(state["epoch"])
+    line = epochs_left(path, epoch, cfg) if cfg is not None else f"Resumed from {path} at epoch {epoch}"
+    asked = asked_learning_rates(engine)
+    try:
+        engine.load_training_state(state)
+    except ValueError as err:  # torch's optimizer: other parameter groups
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit this run's optimizer ({err}): it was written by another engine or "
+            "optimizer setup (engine, train.optim, train.staged_lr, train.new_layers, dcac.finetune). model.resume "
+            f"continues the same training only; to start from its weights, use model.load_weights {path}.") from None
+    print(line)
+    note = apply_learning_rates(engine, asked)
+    if note:
+        print(note)
+    return epoch
 
 
 class _Tee:
@@ -409,7 +427,7 @@ def prepare(cfg: CN) -> PreparedRun:
         print(f"{cfg.engine} run built from:\n" + "\n".join(f"  {line}" for line in engine.setup_summary(cfg)))
     run_kwargs = engine_run_kwargs(cfg)
     if cfg.model.resume:
-        run_kwargs["start_epoch"] = resume(cfg.model.resume, model, engine)
+        run_kwargs["start_epoch"] = resume(cfg.model.resume, model, engine, cfg)
     if info.enabled:
         engine.setup_distributed()
         print(f"Distributed: {info.world_size} processes ({torch.distributed.get_backend()}), "
@@ -502,10 +520,15 @@ def run(cfg: CN) -> Dict[str, Any]:
     check_config(cfg)
     if cfg.model.load_weights:
         load_weights_path(cfg)  # a relative path not found in model.load_weights_dir: said before any work
+    # Before any work: what of this config a resume cannot change (rank 0 has the checkpoint).
+    resume_notes = (check_resume_settings(cfg, resolve_resume_path(cfg.model.resume))
+                    if cfg.model.resume and distributed.launched_info().is_main else [])
     # train.deterministic's settings are the process's: restored when the run ends, for the next
     # run of dcac experiments / demo in this process.
     with run_output(cfg) as replaced, restored_determinism(), determinism_errors_explained(cfg.train.deterministic):
         print(f"Show configuration\n{cfg}\n")
+        for note in resume_notes:
+            print(note)
         prepared = prepare(cfg)
         if distributed.launched_info().is_main:
             if replaced:

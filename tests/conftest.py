@@ -66,6 +66,14 @@ def hub_cache(tmp_path, monkeypatch):
     hub._probe.cache_clear()
 
 
+def one_error_line(capsys) -> str:
+    """The message of the error a command just printed, after checking its form: ``dcac: error:``,
+    one line, no traceback."""
+    err = capsys.readouterr().err
+    assert err.startswith("dcac: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err[len("dcac: error: "):].rstrip("\n")
+
+
 def train_error(tmp_path, capsys, *opts: str, config: str = "") -> str:
     """The message ``dcac train`` (default config: demo_baseline) fails with, after checking that it
     failed before any work: exit status 2, one line, no traceback, nothing written."""
@@ -75,10 +83,10 @@ def train_error(tmp_path, capsys, *opts: str, config: str = "") -> str:
     save_dir = tmp_path / "run"
     code = main(["train", "--config-file", config, "--root", str(tmp_path / "data"), "data.save_dir", str(save_dir),
                  *opts])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("dcac: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    message = one_error_line(capsys)
+    assert code == 2
     assert not os.path.exists(save_dir) and not os.path.exists(tmp_path / "data")
-    return err[len("dcac: error: "):].rstrip("\n")
+    return message
 
 
 def refuse_download(*args, **kwargs):

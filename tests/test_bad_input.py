@@ -139,6 +139,14 @@ def test_resume_with_other_identities_says_to_load_the_encoder_only(baseline_run
     base = ["-s", "synthetic_a", "synthetic_b", "-t", "synthetic_b", "--root", data_root]
     code = train(*base, "data.save_dir", str(tmp_path / "a"), "model.resume", latest)
     err = capsys.readouterr().err
+    assert code == 2  # refused from the run's config.yaml, before any work
+    assert "changes 1 key a resume cannot: data.sources [synthetic_a] in the run, [synthetic_a, synthetic_b] now" in err
+    assert f"start a new run from its weights with model.load_weights {latest}" in err
+    # A checkpoint without its config.yaml is refused by the identities it was trained on.
+    alone = tmp_path / "alone.pth.tar"
+    shutil.copy(latest, alone)
+    code = train(*base, "data.save_dir", str(tmp_path / "a"), "model.resume", str(alone))
+    err = capsys.readouterr().err
     assert code == 2
     assert "trained on 64 identities; this run has 128" in err and "the rest of the model matches" in err
     assert "use model.load_weights with this file" in err

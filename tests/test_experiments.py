@@ -21,6 +21,7 @@ from dcac_plugin.diffusion.adaptation import FINETUNE_MODES
 from dcac_plugin.experiments import collect, load_paper_results, read_run_list, run_dir, run_experiments, run_status
 from dcac_plugin.protocols import DATASETS, lora_rank_for, paper_variant
 from dcac_plugin.shipped import shipped_run_lists
+from tree_guard import digests as file_digests
 
 TINY = ["train.max_epoch", "1", "train.print_freq", "100"]
 RUNS = ("demo_baseline", "demo_softmax")
@@ -128,11 +129,14 @@ def write_config(folder, name, text):
     return str(path)
 
 
-def fake_results(out, config, mAP, rank1):
-    """What the launcher writes at the end of a run, without running it."""
-    cfg = build_config(config)
+def fake_results(out, config, mAP, rank1, *opts):
+    """What the launcher writes for a run (config.yaml at its start, results.json at its end),
+    without running it."""
     save_dir = run_dir(str(out), config)
+    cfg = build_config(config, [*opts, "data.save_dir", save_dir])
     os.makedirs(save_dir)
+    with open(os.path.join(save_dir, "config.yaml"), "w") as handle:
+        handle.write(cfg.dump())
     results = {t: {"rank1": rank1, "mAP": mAP, "mINP": 0.1, "epoch": 60} for t in cfg.data.targets}
     with open(os.path.join(save_dir, "results.json"), "w") as handle:
         json.dump({"engine": cfg.engine, "model": cfg.model.name, "sources": list(cfg.data.sources),
@@ -183,6 +187,118 @@ def test_failed_run_stops_the_list_or_is_recorded_with_keep_going(tmp_path):
     assert [r["action"] for r in records] == ["failed", "ran"]
     assert records[0]["error"] == "RuntimeError: out of memory"
     assert [row[-1] for row in markdown_rows(out / "results.md")] == ["new", "done"]
+
+
+@pytest.fixture
+def two_done(tmp_path):
+    """Two configs whose runs are done in <tmp>/out with the default settings."""
+    first = write_config(tmp_path, "first", "engine: dcac\ndata:\n  sources: [market1501]\n  targets: [msmt17]\n")
+    second = write_config(tmp_path, "second", "engine: baseline\ndata:\n  sources: [market1501]\n  targets: [msmt17]\n")
+    out = tmp_path / "out"
+    fake_results(out, first, mAP=0.25, rank1=0.5)
+    fake_results(out, second, mAP=0.2, rank1=0.4)
+    return first, second, out
+
+
+def refuse_runs(cfg):
+    raise AssertionError(f"a run started: {cfg.data.save_dir}")
+
+
+def test_done_runs_of_other_settings_stop_the_list_before_any_run(two_done, monkeypatch, capsys):
+    """Rerun with other overrides, the old runs are not this setting's results: refused, naming
+    the keys and both values, and the two ways on; nothing in the folder changes."""
+    import dcac_cli
+    import dcac_plugin.launcher
+
+    first, second, out = two_done
+    monkeypatch.setattr(dcac_plugin.launcher, "run", refuse_runs)
+    before = file_digests(out)
+    code = dcac_cli.main(["experiments", "--out", str(out), first, second, "train.lr", "0.5",
+                          "dcac.pcl.temperature", "0.9"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err == (f"dcac: error: {out / 'first'} holds a run of other settings than asked now (dcac.pcl.temperature "
+                   "0.01 in the run, 0.9 now; train.lr 5.0e-06 in the run, 0.5 now), so its results are not this "
+                   f"setting's; so do 1 more run folder of this list ({out / 'second'}). To keep those runs, pass "
+                   "another --out; to replace them, pass --overwrite (each such run starts over in its folder: its "
+                   "outputs are deleted when it starts; its logs and any other files stay).\n")
+    assert file_digests(out) == before  # no tables written either
+
+
+def test_where_and_how_a_run_ran_are_no_other_settings(two_done):
+    first, second, out = two_done
+    records = run_experiments([first, second], str(out), ["data.root", "/elsewhere", "data.workers", "8",
+                                                           "train.print_freq", "1", "test.eval_freq", "5"],
+                              runner=refuse_runs)
+    assert [(r["status"], r["action"]) for r in records] == [("done", "skipped")] * 2
+
+
+def test_overwrite_starts_over_the_runs_of_other_settings_only(two_done, capsys):
+    first, second, out = two_done
+    ran = []
+
+    def runner(cfg):
+        ran.append(cfg)
+        assert cfg.data.overwrite and not cfg.model.resume and cfg.train.lr == 0.5
+
+    records = run_experiments([first, second], str(out), runner=runner, overwrite=True)
+    assert [r["action"] for r in records] == ["skipped", "skipped"]  # the same settings: nothing to replace
+
+    with open(out / "second" / "config.yaml", "w") as handle:  # the second folder now holds a run of lr 0.5
+        handle.write(build_config(second, ["train.lr", "0.5", "data.save_dir", str(out / "second")]).dump())
+    records = run_experiments([first, second], str(out), ["train.lr", "0.5"], runner=runner, overwrite=True)
+    assert [(r["status"], r["action"]) for r in records] == [("other settings", "ran"), ("done", "skipped")]
+    assert [cfg.data.save_dir for cfg in ran] == [str(out / "first")]
+    assert (f"starting over (--overwrite): {out / 'first'} holds a run of other settings (train.lr 5.0e-06 in the "
+            "run, 0.5 now)") in capsys.readouterr().out
+
+
+def test_overwrite_replaces_the_run_outputs_and_keeps_the_users_other_files(first_pass, tmp_path):
+    save_dir = run_dir(str(tmp_path), "demo_baseline.yaml")
+    shutil.copytree(os.path.join(first_pass["out"], "demo_baseline"), save_dir)
+    with open(os.path.join(save_dir, "notes.txt"), "w") as handle:
+        handle.write("mine")
+    logs = sorted(name for name in os.listdir(save_dir) if name.startswith("train.log-"))
+    code, printed = dcac_experiments("--out", str(tmp_path), "--root", first_pass["data_root"], "--overwrite",
+                                     demo_config_path("baseline"), *TINY, "train.lr", "0.002")
+    assert code == 0 and "(other settings)" in printed
+    assert "train.lr 0.001 in the run, 0.002 now" in printed
+    assert build_config(os.path.join(save_dir, "config.yaml")).train.lr == 0.002 and run_status(save_dir) == "done"
+    assert open(os.path.join(save_dir, "notes.txt")).read() == "mine"
+    assert set(logs) < {name for name in os.listdir(save_dir) if name.startswith("train.log-")}  # old logs stay
+
+
+def test_a_foreign_run_in_a_list_folder_is_refused_not_continued_or_deleted(tmp_path, capsys):
+    """A folder named like a config of the list holds some other run: of another engine, or with
+    no config.yaml at all (its settings unknown); neither is skipped, resumed or started over."""
+    config = write_config(tmp_path, "ma_to_ms", "engine: dcac\ndata:\n  sources: [market1501]\n  targets: [msmt17]\n")
+    (tmp_path / "mine").mkdir()
+    other = write_config(tmp_path / "mine", "ma_to_ms", "engine: baseline\ndata:\n  sources: [market1501]\n  "
+                                                        "targets: [msmt17]\n")
+    out = tmp_path / "out"
+    fake_results(out, other, mAP=0.3, rank1=0.6)
+    os.remove(out / "ma_to_ms" / "results.json")
+    os.makedirs(out / "ma_to_ms" / "model")
+    torch.save({"epoch": 3}, out / "ma_to_ms" / "model" / "latest.pth.tar")  # interrupted: would be resumed
+    before = file_digests(out)
+    with pytest.raises(ConfigError, match=r"ma_to_ms holds a run of other settings than asked now \(engine baseline "
+                                          r"in the run, dcac now\)"):
+        run_experiments([config], str(out), runner=refuse_runs)
+    os.remove(out / "ma_to_ms" / "config.yaml")
+    with pytest.raises(ConfigError, match=r"ma_to_ms holds a run of other settings than asked now \(it holds "
+                                          r"model/latest.pth.tar but no readable config.yaml, so its settings are "
+                                          r"unknown\)"):
+        run_experiments([config], str(out), runner=refuse_runs)
+    assert file_digests(out) == {name: digest for name, digest in before.items() if name != "ma_to_ms/config.yaml"}
+
+
+def test_collect_only_shows_runs_of_other_settings_without_their_numbers(two_done):
+    first, second, out = two_done
+    code, printed = dcac_experiments("--out", str(out), "--collect-only", first, second, "train.lr", "0.5")
+    assert code == 0
+    table = {row[0]: row[1:] for row in markdown_rows(out / "results.md")}
+    assert table["first"][2:] == ["-", "-", "23.4", "52.1", "-", "-", "other settings"]
+    assert table["second"][-1] == "other settings" and table["second"][2:4] == ["-", "-"]
 
 
 def test_run_list_errors_name_the_line_and_file(tmp_path):

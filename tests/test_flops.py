@@ -1,6 +1,7 @@
 """FLOPs of the training steps and of inference (paper Table 6), counted on the meta device,
 and the FLOP accounting of ``dcac bench train``."""
 import json
+import re
 
 import pytest
 import torch
@@ -295,13 +296,16 @@ def test_figures_that_are_not_what_they_claim_are_refused(change, message):
 
 @pytest.mark.parametrize("argv,error", [
     (["--steps", "0"], "argument --steps: 0 is not a whole number of at least 1"),
-    (["--batch-size", "-4"], "argument --batch-size: -4 is not a whole number of at least 1"),
+    (["--batch-size", "-4"], "argument --batch-size: -4 is not a whole number from 2 (the BNNeck's batch norm"),
+    (["--batch-size", "1000000000"], "argument --batch-size: 1000000000 is not a whole number from 2 (the BNNeck's "
+                                     "batch norm needs two images in training) to 65536"),
+    (["--rank", "0"], "argument --rank: 0 is not a whole number of at least 1"),
     (["--warmup", "-1"], "argument --warmup: -1 is not a whole number of at least 0"),
     (["--steps", "ten"], "argument --steps: 'ten' is not a whole number of at least 1"),
     (["--settings", "fp16:vae"], "argument --settings: 'fp16:vae': use AMP:cache|encode"),
     (["--settings", "fp8:cache"], "argument --settings: 'fp8:cache': use AMP:cache|encode"),
     (["--settings", "fp16:cache", "--amp", "bf16"], "--settings names each setting's precision and latents"),
-], ids=["steps-0", "batch-negative", "warmup-negative", "steps-word", "latents", "amp", "both"])
+], ids=["steps-0", "batch-negative", "batch-huge", "rank-0", "warmup-negative", "steps-word", "latents", "amp", "both"])
 def test_bench_train_refuses_bad_arguments_in_one_line_before_any_process(argv, error, capsys, monkeypatch):
     import dcac_cli
     from dcac_plugin.benchmarks import train_bench
@@ -314,3 +318,67 @@ def test_bench_train_refuses_bad_arguments_in_one_line_before_any_process(argv, 
     assert code == 2
     err = capsys.readouterr().err
     assert err.splitlines()[0].startswith("dcac: error: " + error), err
+
+
+@pytest.mark.parametrize("schedule", ["turns", "sequential"])
+def test_bench_train_refuses_a_batch_the_device_cannot_hold_before_any_process(schedule, tmp_path, capsys,
+                                                                               monkeypatch):
+    """Each step's memory is planned (meta device) first; a batch beyond the device's memory is
+    refused in one line, before any process builds a real step: in turns both steps at once."""
+    import dcac_cli
+    from dcac_plugin.benchmarks import train_bench
+
+    for measure in ("measure_in_turns", "measure_one_after_another"):
+        monkeypatch.setattr(train_bench, measure, lambda *a, **k: pytest.fail("a benchmark process started"))
+    monkeypatch.setattr(train_bench, "memory_capacity", lambda dev: (2**20, "this machine has {gib} GiB available"))
+    out = tmp_path / "figures.json"
+    code = dcac_cli.main(["bench", "train", "--device", "cpu", "--batch-size", "4", "--schedule", schedule,
+                          "--json-out", str(out), "--", *TINY, "dcac.diffusion.image_size", "64"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    if schedule == "turns":
+        assert re.match(r"dcac: error: --batch-size 4: the baseline and dcac steps \(off:cache\), held at once in turns, "
+                        r"need at least \d+\.\d GiB \+ \d+\.\d GiB = \d+\.\d GiB \(planned on the meta device, as "
+                        r"`dcac stats --batch-size 4` plans a step\), and this machine has 0\.0 GiB available\. Use a "
+                        r"smaller --batch-size \(the memory grows with it\), --gradient-checkpointing, or --schedule "
+                        r"sequential\.$", err), err
+    else:
+        assert err.startswith("dcac: error: --batch-size 4: the dcac step (off:cache) needs at least "), err
+    assert list(tmp_path.iterdir()) == []  # no figures written
+
+
+def test_bench_train_plans_before_it_measures_and_passes_what_fits(counted_work, monkeypatch):
+    from dcac_plugin.benchmarks import train_bench
+
+    order = []
+    monkeypatch.setattr(train_bench, "check_steps_fit",
+                        lambda plans, *a: order.append(("checked", len(counted_work.plans), len(plans))))
+    measure = train_bench.measure_one_after_another
+    monkeypatch.setattr(train_bench, "measure_one_after_another",
+                        lambda *a: order.append(("measured",)) or measure(*a))
+    train_bench.run_train_settings([train_bench.Setting("fp16", True)], device="cpu", opts=TINY, num_classes=8,
+                                   schedule="sequential")
+    assert order == [("checked", 2, 2), ("measured",)]
+
+
+def test_on_a_gpu_the_planned_steps_are_set_against_its_memory(monkeypatch):
+    """Each step alone (sequential, the GPU default) against the GPU's total memory, named."""
+    from types import SimpleNamespace
+
+    from dcac_plugin.benchmarks import devices, train_bench
+    from dcac_plugin.benchmarks.memory_plan import MemoryPlan
+    from dcac_plugin.errors import UsageError
+
+    monkeypatch.setattr(devices.torch.cuda, "get_device_properties",
+                        lambda dev: SimpleNamespace(total_memory=80 * 2**30, name="NVIDIA A100-SXM4-80GB"))
+    cuda = torch.device("cuda", 0)
+    setting = train_bench.Setting("fp16", True)
+    plans = {("baseline", "fp16", True): MemoryPlan(60 * 2**30, {}), ("dcac", "fp16", True): MemoryPlan(70 * 2**30, {})}
+    train_bench.check_steps_fit(plans, [setting], ("baseline", "dcac"), cuda, "sequential", 64)  # each fits alone
+    plans[("dcac", "fp16", True)] = MemoryPlan(int(90.25 * 2**30), {})
+    with pytest.raises(UsageError) as info:
+        train_bench.check_steps_fit(plans, [setting], ("baseline", "dcac"), cuda, "sequential", 64)
+    assert str(info.value) == ("--batch-size 64: the dcac step (fp16:cache) needs at least 90.2 GiB (planned on the "
+                               "meta device, as `dcac stats --batch-size 64` plans a step), and cuda:0 "
+                               "(NVIDIA A100-SXM4-80GB) has 80.0 GiB. Use a smaller --batch-size (the memory grows "
+                               "with it) or --gradient-checkpointing.")

@@ -127,14 +127,45 @@ def test_stats_parameters_only_skips_the_plan(capsys):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    (["--batch-size", "1"], "--batch-size must be at least 2"),
-    (["--gpu-memory-gb", "0"], "--gpu-memory-gb must be positive"),
-    (["--amp", "auto"], "invalid choice: 'auto'"),
-])
-def test_stats_refuses_bad_plan_options(argv, expected, capsys):
+    (["--batch-size", "1"], "argument --batch-size: 1 is not a whole number from 2 (the BNNeck's batch norm"),
+    (["--batch-size", "1000000000"], "argument --batch-size: 1000000000 is not a whole number from 2 "),
+    (["--num-classes", "0"], "argument --num-classes: 0 is not a whole number of training identities from 1 to "
+                             "1000000"),
+    (["--num-classes", "-5"], "argument --num-classes: -5 is not a whole number of training identities"),
+    (["--num-classes", "1000000000"], "argument --num-classes: 1000000000 is not a whole number of training"),
+    (["--gpu-memory-gb", "0"], "argument --gpu-memory-gb: 0 is not a number of GB above 0 and at most 100000"),
+    (["--gpu-memory-gb", "nan"], "argument --gpu-memory-gb: nan is not a number of GB above 0"),
+    (["--gpu-memory-gb", "inf"], "argument --gpu-memory-gb: inf is not a number of GB above 0"),
+    (["--amp", "auto"], "argument --amp: invalid choice: 'auto'"),
+], ids=["batch-1", "batch-huge", "classes-0", "classes-negative", "classes-huge", "gpu-0", "gpu-nan", "gpu-inf",
+        "amp"])
+def test_stats_refuses_bad_plan_options_before_any_work(argv, expected, capsys, monkeypatch):
+    from dcac_plugin import stats
+
+    monkeypatch.setattr(stats, "parameter_stats", lambda *a, **k: pytest.fail("work started"))
     try:
         code = main(["stats", *argv])
     except SystemExit as done:  # argparse's errors
         code = done.code
     err = capsys.readouterr().err
-    assert code == 2 and expected in err and "Traceback" not in err
+    assert code == 2 and err.startswith("dcac: error: " + expected) and "Traceback" not in err
+
+
+def test_a_symbolic_step_of_a_huge_batch_builds_nothing_per_image():
+    """``dcac stats --batch-size 1000000000`` grew to 21 GB before it was killed: the symbolic
+    step's tensors hold no memory, but its batch named every image in a Python list (at 10^7
+    images that list alone took 0.7 GB)."""
+    import tracemalloc
+
+    cfg = benchmark_config("dcac", opts=TINY)
+    peaks = {}
+    for batch_size in (4, 10**7):
+        tracemalloc.start()
+        try:
+            step = build_training_step(cfg, 8, batch_size, device="meta")
+            peaks[batch_size] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert len(step.data["impath"]) == 10**7 and step.data["impath"][-1] == "img9999999"
+    assert tuple(step.data["img"].shape) == (10**7, 3, 128, 64)
+    assert peaks[10**7] - peaks[4] < 8 * 2**20, f"{(peaks[10**7] - peaks[4]) / 2**20:.0f} MiB more for 10^7 images"

@@ -4,7 +4,6 @@ run, two runs in one folder at once, a run of no epoch, and the output files of 
 Every refusal is checked for its message (the problem and the fix) and for what it left: the
 bytes of every file in the folder it was pointed at, unchanged."""
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -26,17 +25,7 @@ from dcac_plugin.extract import load_features
 from dcac_plugin.launcher import check_epochs, run
 from dcac_plugin.run_lock import LOCK_NAME, read_owner
 from dcac_plugin.save_dir import continues_run, run_outputs
-
-
-def digests(folder) -> dict:
-    """{path relative to ``folder``: sha256} of every file below it."""
-    found = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as handle:
-                found[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
-    return found
+from tree_guard import digests
 
 
 def train(save_dir, *args) -> int:

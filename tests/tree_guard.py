@@ -7,6 +7,7 @@ when they differ, naming the files.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Dict, Iterable, List, Tuple
 
@@ -44,6 +45,21 @@ def changes(before: Snapshot, after: Snapshot) -> List[str]:
     lines += [f"deleted {path}" for path in before.keys() - after.keys()]
     lines += [f"changed {path}" for path in before.keys() & after.keys() if before[path] != after[path]]
     return sorted(lines, key=lambda line: line.split(" ", 1)[1])
+
+
+def digests(folder: str, ignored: Tuple[str, ...] = ()) -> Dict[str, str]:
+    """{path relative to ``folder``: sha256} of every file below it, those whose name holds one
+    of ``ignored`` aside (e.g. ``.log-``: a run that stops appends its error to its log): what
+    a test compares to show that nothing of the user's changed, byte for byte."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if any(part in name for part in ignored):
+                continue
+            path = os.path.join(root, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
+    return found
 
 
 def user_folders(repo_root: str) -> List[str]:

@@ -1,11 +1,12 @@
 """The device a benchmark runs on (``--device``), checked before any work, and its name for the figures."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
 from ..errors import UsageError
+from .memory import proc_kb
 
 
 def checked_device(device: Optional[str]) -> torch.device:
@@ -34,3 +35,15 @@ def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def memory_capacity(dev: torch.device) -> Tuple[Optional[int], str]:
+    """Bytes a benchmark step may use on ``dev`` and a sentence saying so, with ``{gib}`` for
+    their GiB: a GPU's total memory, or on the CPU the memory the kernel reports available
+    now (``MemAvailable``); ``None`` where it cannot be read."""
+    if dev.type == "cuda":
+        props = torch.cuda.get_device_properties(dev)
+        return int(props.total_memory), f"{dev} ({props.name}) has {{gib}} GiB"
+    available = proc_kb("/proc/meminfo", "MemAvailable")
+    return (None if available is None else available * 1024), "this machine has {gib} GiB available"
+

@@ -20,8 +20,14 @@ def peak_rss_kb() -> int:
 def proc_status_kb(field: str) -> Optional[int]:
     """A memory figure of this process from ``/proc/self/status`` (``VmRSS``: now,
     ``VmHWM``: peak) in KB, or ``None`` without ``/proc``."""
+    return proc_kb("/proc/self/status", field)
+
+
+def proc_kb(path: str, field: str) -> Optional[int]:
+    """The KB figure ``field`` of a ``/proc`` file of ``Name: value kB`` lines (``/proc/meminfo``,
+    ``/proc/self/status``), or ``None`` where there is no such file or line."""
     try:
-        with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+        with open(path) as status:
+            return next((int(line.split()[1]) for line in status if line.startswith(field + ":")), None)
     except OSError:
         return None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, ContextManager, Dict, List, Optional, Tuple
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -39,6 +39,25 @@ class FixedPosteriors:
 
     def lookup(self, paths, device=None):
         return self.mean.to(device), self.std.to(device)
+
+
+class SyntheticPaths(Sequence[str]):
+    """The image names of a synthetic batch, ``img0``, ``img1``, ..., made when asked for:
+    a symbolic step's batch may be as large as its caller plans (its tensors hold no
+    memory), and a list of a billion names would take tens of GB."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.count))]
+        if not -self.count <= index < self.count:
+            raise IndexError(index)
+        return f"img{index % self.count}"
 
 
 def benchmark_config(engine: str, amp: str = "off", rank: int = 8, gradient_checkpointing: bool = False,
@@ -205,7 +224,7 @@ def _attach_batch(cfg: CN, engine, batch_size: int, num_classes: int, device: to
     ids = (torch.arange(batch_size) // IMAGES_PER_IDENTITY) % num_classes
     reid_view = torch.randn(batch_size, 3, cfg.data.height, cfg.data.width, device=device)
     data: Dict[str, Any] = {"img": reid_view, "pid": ids.to(device),
-                            "impath": [f"img{i}" for i in range(batch_size)]}
+                            "impath": SyntheticPaths(batch_size)}
     if cfg.engine == "dcac":
         size = cfg.dcac.diffusion.image_size
         diffusion_view = torch.rand(batch_size, 3, size, size, device=device) * 2 - 1

@@ -21,7 +21,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .devices import checked_device, device_name
+from ..errors import UsageError
+from .devices import checked_device, device_name, memory_capacity
 from .memory import peak_rss_kb
 from .step import benchmark_config, build_training_step
 
@@ -317,6 +318,31 @@ def _write_json(path: Optional[str], figures: Dict[str, object]) -> None:
     os.replace(partial, path)
 
 
+def check_steps_fit(plans: Dict[Tuple[str, str, bool], object], settings: Sequence[Setting],
+                    engines: Sequence[str], dev: torch.device, schedule: str, batch_size: int) -> None:
+    """Refuse (:class:`UsageError`) a benchmark whose planned steps the device cannot hold: a
+    step alone, or in turns both engines' steps at once (their processes live together). The
+    plan counts live tensors only, so what it refuses cannot run; what it passes may still
+    need more (workspaces, the CUDA context, the Python process)."""
+    capacity, where = memory_capacity(dev)
+    if capacity is None:
+        return
+    for setting in settings:
+        needed = {name: plans[_measure_key(name, setting)].peak_bytes for name in engines}
+        together = schedule == "turns" and len(needed) > 1
+        total = sum(needed.values()) if together else max(needed.values())
+        if total <= capacity:
+            continue
+        gib = {name: f"{nbytes / 2**30:.1f} GiB" for name, nbytes in needed.items()}
+        what = (f"the {' and '.join(gib)} steps ({setting.name}), held at once in turns, need at least "
+                f"{' + '.join(gib.values())} = {total / 2**30:.1f} GiB" if together else
+                f"the {max(needed, key=needed.get)} step ({setting.name}) needs at least {total / 2**30:.1f} GiB")
+        fixes = ", --gradient-checkpointing, or --schedule sequential" if together else " or --gradient-checkpointing"
+        raise UsageError(f"--batch-size {batch_size}: {what} (planned on the meta device, as `dcac stats --batch-size "
+                         f"{batch_size}` plans a step), and {where.format(gib=f'{capacity / 2**30:.1f}')}. Use a "
+                         f"smaller --batch-size (the memory grows with it){fixes}.")
+
+
 def run_train_settings(settings: Sequence[Setting], batch_size: int = 8, steps: int = 5, warmup: int = 2,
                        device: Optional[str] = None, rank: int = 8, gradient_checkpointing: bool = False,
                        engines: Sequence[str] = ("baseline", "dcac"), opts: Sequence[str] = (),
@@ -348,6 +374,12 @@ def run_train_settings(settings: Sequence[Setting], batch_size: int = 8, steps: 
             configs[_measure_key(name, setting)] = benchmark_config(
                 name, amp=setting.amp, rank=rank, gradient_checkpointing=gradient_checkpointing,
                 latent_cache=setting.latent_cache, opts=opts)
+    # Every step's memory is planned (meta device, seconds) before any process builds a real one:
+    # a batch the device cannot hold is refused here instead of filling its memory.
+    print("Planning the memory of each step (meta device) ...", flush=True)
+    plans = {key: plan_training_memory(build_step(cfg, num_classes, batch_size, device="meta"))
+             for key, cfg in configs.items()}
+    check_steps_fit(plans, settings, engines, dev, schedule, batch_size)
     context = multiprocessing.get_context("spawn")
     common = dict(batch_size=batch_size, device=device, num_classes=num_classes, rank=rank,
                   gradient_checkpointing=gradient_checkpointing, opts=list(opts))
@@ -386,7 +418,6 @@ def run_train_settings(settings: Sequence[Setting], batch_size: int = 8, steps: 
         _write_json(json_out, figures)
     print("Counting the FLOPs of each step (meta device) ...", flush=True)
     step_flops: Dict[Tuple[str, bool], int] = {}
-    plans = {}
     for setting in settings:
         entry = figures["settings"][setting.name]
         if "engines" not in entry:
@@ -395,10 +426,6 @@ def run_train_settings(settings: Sequence[Setting], batch_size: int = 8, steps: 
             key = _flop_key(name, setting)
             if key not in step_flops:
                 step_flops[key] = training_step_flops(configs[_measure_key(name, setting)], num_classes, batch_size)
-            if plan and _measure_key(name, setting) not in plans:
-                print(f"Planning the memory of the {name} step ({setting.name}, meta device) ...", flush=True)
-                plans[_measure_key(name, setting)] = plan_training_memory(
-                    build_step(configs[_measure_key(name, setting)], num_classes, batch_size, device="meta"))
             if plan:
                 _plan_side_by_side(entry["engines"][name], plans[_measure_key(name, setting)])
         entry.update(_setting_summary(entry["engines"], schedule))

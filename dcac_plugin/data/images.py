@@ -7,6 +7,11 @@ hangs a whole run instead of failing. Here an unreadable image is read exactly o
 :func:`scan_images` finds every unreadable image of a dataset up front, so a run can either stop
 before training or (with ``data.skip_corrupt_images``) drop them with one warning.
 
+Every image is turned upright as its EXIF orientation tag says (:func:`upright`; phones and
+some cameras store a portrait photo sideways with Orientation 6 or 8), which torchreid's
+``read_image`` ignores: training, evaluation, the PCL memory pass, the latent cache, extraction
+and GradCAM all read through :func:`read_image_checked`, so they see the same upright picture.
+
 Every image becomes 8-bit RGB. PIL's ``convert("RGB")`` is right for 8-bit modes (L, P, LA, PA,
 RGBA, CMYK, 1, YCbCr...: alpha is dropped, not blended) but clips wider samples at 255, so a
 16-bit PNG comes out almost all white; those modes are scaled instead (:func:`_to_rgb`). An
@@ -19,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 _FIX = ("remove or replace the file, or set data.skip_corrupt_images True to skip unreadable "
@@ -126,10 +131,33 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(_to_8bit(np.asarray(image), scales), "L").convert("RGB")
 
 
+# What read_image_checked makes of a file, by name: it changes when the pixels it returns for
+# the same file change (as when EXIF orientation came in), so that caches of what was read
+# (the latent cache's VAE posteriors) are rebuilt.
+READING = "8-bit RGB, EXIF orientation applied"
+
+# The EXIF tag saying how the stored pixels must be turned to be seen upright (1: as stored;
+# 2-8: mirrored and/or rotated).
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says (PIL's ``ImageOps.exif_transpose``), or
+    itself when it has no such tag (no copy): a Re-ID crop stored sideways would otherwise be
+    read sideways, its feature far from the upright crop's."""
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a malformed EXIF block: the pixels as stored, as every reader before this one
+        return image
+    if orientation not in range(2, 9):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
 def read_image_checked(path: str) -> Image.Image:
-    """Read ``path`` as an 8-bit RGB image, decoding it fully; raise :class:`ImageReadError` if that
-    fails, if its samples fit no known scale (:func:`_to_rgb`) or if it is over PIL's
-    decompression-bomb limit.
+    """Read ``path`` as an upright (:func:`upright`) 8-bit RGB image, decoding it fully; raise
+    :class:`ImageReadError` if that fails, if its samples fit no known scale (:func:`_to_rgb`) or
+    if it is over PIL's decompression-bomb limit.
 
     Never retries. ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left off so that a
     truncated JPEG is reported instead of being padded with grey.
@@ -139,7 +167,7 @@ def read_image_checked(path: str) -> Image.Image:
         # and returns an image that no longer needs the file.
         with Image.open(path) as image:
             _check_size(image)
-            return _to_rgb(image)
+            return _to_rgb(upright(image))
     except Image.DecompressionBombError:
         raise ImageReadError.for_file(path, str(_too_large())) from None
     except _Unusable as unusable:
@@ -184,5 +212,5 @@ def format_unreadable(bad: Mapping[str, str], limit: int = 5) -> str:
     return f"Skipping {len(bad)} unreadable image(s) (data.skip_corrupt_images True): {listing}"
 
 
-__all__ = ["ImageReadError", "check_image", "drop_unreadable", "format_unreadable", "read_image_checked",
-           "scan_images"]
+__all__ = ["READING", "ImageReadError", "check_image", "drop_unreadable", "format_unreadable", "read_image_checked",
+           "scan_images", "upright"]

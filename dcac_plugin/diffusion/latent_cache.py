@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import atomic_save, load_checkpoint
+from ..data.images import READING
 from ..data.loaders import image_list_loader
 from ..performance import full_precision
 from .denoising import posterior_parameters
@@ -29,13 +30,15 @@ def file_key(path: str) -> FileKey:
 
 
 def vae_fingerprint(vae: torch.nn.Module, image_size: int) -> str:
-    """A digest of the VAE's weights and config and of the diffusion view size.
+    """A digest of the VAE's weights and config, of the diffusion view size and of how images
+    are read (:data:`~dcac_plugin.data.images.READING`).
 
-    Any change to either makes every cached posterior stale.
+    Any change to these makes every cached posterior stale.
     """
     digest = hashlib.sha256()
     digest.update(repr(sorted(dict(vae.config).items())).encode())
     digest.update(str(image_size).encode())
+    digest.update(READING.encode())
     for name, tensor in sorted(vae.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
@@ -63,7 +66,7 @@ class LatentCache:
             return 0
         state = load_checkpoint(self.path)
         if state.get("fingerprint") != self.fingerprint:
-            print(f"Latent cache {self.path} was made by another VAE or view size: rebuilding it")
+            print(f"Latent cache {self.path} was made by another VAE, view size or image reading: rebuilding it")
             return 0
         self.index = {tuple(key): row for row, key in enumerate(state["keys"])}
         self.mean, self.std = state["mean"], state["std"]
