@@ -52,11 +52,32 @@ def disk_full_error(path: str, needed: Optional[int], written: int, existed: boo
     """The one line for a write of ``path`` that ran out of space after ``written`` bytes."""
     folder, name = os.path.dirname(path), os.path.basename(path)
     free = free_space(folder)
-    need = f"about {size_text(needed)} needed" if needed else f"more than the {size_text(written)} written"
-    have = f", {size_text(free)} free" if free is not None else ""
+    sizes = ([f"about {size_text(needed)} needed"] if needed else
+             [f"more than the {size_text(written)} written"] if written else [])
+    sizes += [f"{size_text(free)} free"] if free is not None else []
     kept = f"the earlier {name} is unchanged" if existed else "no partial file was left"
-    return DiskFullError(f"Disk full: no space left in {folder} while writing {name} ({need}{have}); {kept}. "
-                         "Free space on that disk (or write to another one) and run again.")
+    return DiskFullError(f"Disk full: no space left in {folder} while writing {name}"
+                         f"{' (' + ', '.join(sizes) + ')' if sizes else ''}; {kept}. Free space on that disk (or write "
+                         "to another one) and run again.")
+
+
+class _RecordedWrites:
+    """A file handle that remembers the OSError its writes raised: torch.save's zip writer calls
+    ``write`` from C++ and turns a failure there into a RuntimeError ("unexpected pos"), which
+    no longer says the disk was full."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
 
 
 @contextlib.contextmanager
@@ -102,13 +123,14 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], size: Optional[in
     folder = os.path.dirname(os.path.abspath(path))
     existed = os.path.isfile(path)
     stopped = [False]
-    tmp, written = None, 0
+    tmp, written, recorded = None, 0, None
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=folder)
         with _sigterm_raises(stopped), os.fdopen(fd, "wb") as handle:
+            recorded = _RecordedWrites(handle)
             try:
-                write(handle)
+                write(recorded)
                 handle.flush()
                 os.fsync(handle.fileno())
             finally:
@@ -122,8 +144,9 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], size: Optional[in
     except BaseException as error:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        failure = _failed_write(error, path, size, written, existed, stopped[0])
-        if failure is error:
+        cause = recorded.error if recorded is not None and recorded.error is not None else error
+        failure = _failed_write(cause, path, size, written, existed, stopped[0])
+        if failure is cause:
             raise
         raise failure from None
     return path
