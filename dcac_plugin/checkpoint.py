@@ -65,7 +65,9 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
             f"tensors and plain Python types, which could run code). Re-save its state_dict, or "
             f"convert it on a trusted machine. Detail: {str(err).splitlines()[0]}"
         ) from None
-    except (RuntimeError, EOFError) as err:
+    except PermissionError:
+        raise CheckpointError(f"Cannot read checkpoint {path}: permission denied.") from None
+    except (RuntimeError, EOFError, OSError) as err:  # a truncated zip archive can fail its seeks (EINVAL)
         raise CheckpointError(f"Checkpoint {path} is corrupt or truncated: {err}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"Checkpoint {path} holds a {type(state).__name__}, not a dict of tensors.")

@@ -14,9 +14,10 @@ from typing import Optional
 # How many leading bytes are looked at, and shown.
 HEAD_BYTES = 4096
 SHOWN_CHARACTERS = 40
-# torch.save writes a zip archive (since torch 1.6) or, in the legacy format, a pickle, whose first
-# byte is the PROTO opcode.
+# torch.save writes a zip archive (since torch 1.6; its first local header's signature) or, in the
+# legacy format, a pickle, whose first byte is the PROTO opcode.
 PICKLE_PROTO = b"\x80"
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _text_kind(text: str) -> str:
@@ -41,8 +42,8 @@ def not_a_torch_file(path: str) -> Optional[str]:
         return None
     if not head:
         return "empty (0 bytes)"
-    if head.startswith(PICKLE_PROTO) or zipfile.is_zipfile(path):
-        return None
+    if head.startswith((PICKLE_PROTO, ZIP_MAGIC)) or zipfile.is_zipfile(path):
+        return None  # maybe a checkpoint, maybe a truncated one: the loader says which
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as err:
