@@ -36,8 +36,8 @@ class DistInfo:
         return self.world_size > 1
 
 
-# torchrun's variables that say where a process stands; outside torchrun none is set.
-RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+# The way out of every inconsistent torchrun environment (torchrun sets RANK, WORLD_SIZE,
+# LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and MASTER_PORT together; outside torchrun none is set).
 ENVIRONMENT_FIX = ("Start distributed runs with torchrun, which sets them all (torchrun --nproc_per_node N -m "
                    "dcac_plugin.cli train ...), or unset RANK, WORLD_SIZE and LOCAL_RANK to train in one process.")
 
