@@ -517,8 +517,9 @@ def run(cfg: CN) -> Dict[str, Any]:
             if isinstance(prepared.model, BNNeckReID) and not cfg.test.evaluate:
                 path = export_encoder(prepared.model, osp.join(cfg.data.save_dir, "encoder.safetensors"))
                 print(f"Test-time encoder exported to {path}")
-            with open(osp.join(cfg.data.save_dir, "results.json"), "w", encoding="utf-8") as handle:
-                json.dump(summary, handle, indent=2)
+            results = json.dumps(summary, indent=2).encode()
+            atomic_write(osp.join(cfg.data.save_dir, "results.json"), lambda handle: handle.write(results),
+                         size=len(results))
     distributed.barrier()
     distributed.destroy()
     return summary

@@ -165,8 +165,8 @@ def test_a_truncated_latent_cache_is_named_as_the_cache_and_rebuilt(latent_cache
     again = LatentCache(cache.path, cache.fingerprint)
     assert again.build(paths, vae, diffusion_view_transform(128)) == 4  # every entry encoded again
     out = capsys.readouterr().out
-    assert f"Latent cache {cache.path} cannot be read (Checkpoint {cache.path} is corrupt or truncated" in out
-    assert "it only holds VAE posteriors of the training images, so it is rebuilt" in out
+    assert (f"Latent cache {cache.path} cannot be read (truncated, corrupt, or not a latent cache); it only holds "
+            "VAE posteriors of the training images, so it is rebuilt") in out
     assert LatentCache(cache.path, cache.fingerprint).load() == 4  # whole again
     assert torch.equal(again.lookup(paths)[0], cache.lookup(paths)[0])
 

@@ -68,10 +68,10 @@ class LatentCache:
                 return 0
             index = {tuple(key): row for row, key in enumerate(state["keys"])}
             mean, std = state["mean"], state["std"]
-        except (CheckpointError, KeyError, TypeError) as err:
+        except (CheckpointError, KeyError, TypeError):
             # Derived data only (a kill mid-write cannot truncate it, a bad disk can): encoded again.
-            print(f"Latent cache {self.path} cannot be read ({str(err).splitlines()[0]}); it only holds VAE "
-                  "posteriors of the training images, so it is rebuilt")
+            print(f"Latent cache {self.path} cannot be read (truncated, corrupt, or not a latent cache); it only "
+                  "holds VAE posteriors of the training images, so it is rebuilt")
             return 0
         self.index, self.mean, self.std = index, mean, std
         return len(self.index)
