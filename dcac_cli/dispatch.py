@@ -2,7 +2,10 @@
 
 All of a command's failures that the user can fix end here, in one form: ``dcac: error:
 <message>`` on stderr and exit status 2 (a failed run or export check: status 1), no traceback;
-so does an environment ``dcac_plugin`` cannot run in (:class:`~dcac_cli.base.SetupError`).
+so does an environment ``dcac_plugin`` cannot run in (:class:`~dcac_cli.base.SetupError`). A
+command stopped by Ctrl-C ends with one line saying what was interrupted and how to go on
+(exit status 130, as a shell reports SIGINT); one stopped by SIGTERM while writing a file, with
+what was kept (status 143).
 """
 from __future__ import annotations
 
@@ -13,6 +16,20 @@ from typing import Callable, List, Optional
 
 from .base import SetupError, error_line
 from .parser import build_parser
+
+# Ctrl-C: the exit status of a command stopped by SIGINT, as shells report it (128 + 2).
+INTERRUPTED_STATUS = 130
+# What a command stopped by Ctrl-C leaves and how to go on; a training run says it itself
+# (which folder, whether it has a checkpoint to resume from).
+INTERRUPTED_ADVICE = {
+    "experiments": "run the same dcac experiments command again: finished runs are skipped and the interrupted "
+                   "one continues (from its last checkpoint, or anew if it had none)",
+    "demo": "run dcac demo again: it replaces its own earlier runs",
+    "extract": "its output is written whole at the end, so nothing was written; run the same command again",
+    "export": "its output is written whole at the end, so nothing was written; run the same command again",
+    "visualize": "run the same command again (with --overwrite if some pictures were written already)",
+    "bench": "its figures are written at the end, so nothing was written; run the same command again",
+}
 
 
 def command_handler(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
@@ -28,6 +45,17 @@ def report(err: Exception, status: int) -> int:
     return status
 
 
+def interrupted_line(command: str, err: KeyboardInterrupt) -> str:
+    """The one line for a command stopped by Ctrl-C: what was interrupted and how to go on."""
+    state = getattr(err, "state", "")
+    if command in INTERRUPTED_ADVICE:
+        return f"Interrupted (Ctrl-C): {state + '; ' if state else f'dcac {command} stopped; '}" \
+               f"{INTERRUPTED_ADVICE[command]}."
+    if state:  # a training run: its state and advice
+        return f"Interrupted (Ctrl-C): {err}."
+    return f"Interrupted (Ctrl-C): dcac {command} stopped before writing anything; run it again."
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run ``dcac ARGV`` (default: the process's arguments); returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -35,7 +63,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         handler = command_handler(args)
     except SetupError as err:  # e.g. an unsupported torchreid, refused by `import dcac_plugin`
         return report(err, 2)
-    from dcac_plugin.errors import CommandFailed, user_errors
+    from dcac_plugin.errors import CommandFailed, Terminated, user_errors
 
     try:
         return handler(args)
@@ -43,3 +71,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return report(err, 1)
     except user_errors() as err:
         return report(err, 2)
+    except KeyboardInterrupt as err:
+        print(error_line(interrupted_line(args.command, err)), file=sys.stderr)
+        return INTERRUPTED_STATUS
+    except Terminated as err:
+        return report(Exception(err.message), Terminated.STATUS)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os.path as osp
 
-from .base import HelpFormatter
+from .base import HelpFormatter, non_negative_int, positive_int
 from .choices import RUN_LISTS
 
 RUN_HELP = "run directory (config.yaml + encoder.safetensors or model/) or checkpoint file"
@@ -50,10 +50,10 @@ def add_extract_parser(subparsers: "argparse._SubParsersAction") -> argparse.Arg
     parser.add_argument("images", help="image folder (searched recursively) or text file with one path per line")
     parser.add_argument("--output", default="features.safetensors", help="features file to write")
     parser.add_argument("--config-file", default=None, help=TRAINED_CONFIG_HELP)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--flip", action="store_true", help="average with the horizontally flipped image")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes")
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.set_defaults(handler="dcac_plugin.extract:cmd_extract")
     return parser
@@ -69,7 +69,7 @@ def add_export_parser(subparsers: "argparse._SubParsersAction") -> argparse.Argu
     parser.add_argument("--output", default=None, help="file to write (default: encoder.onnx or "
                                                        "encoder.torchscript.pt in the run directory)")
     parser.add_argument("--config-file", default=None, help=TRAINED_CONFIG_HELP)
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    parser.add_argument("--opset", type=positive_int, default=17, help="ONNX opset version")
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.set_defaults(handler="dcac_plugin.export:cmd_export")
     return parser
@@ -84,15 +84,16 @@ def add_visualize_parser(subparsers: "argparse._SubParsersAction") -> argparse.A
                                 help="each query beside its top-k gallery matches (green right, red wrong)")
     ranked.add_argument("run", help="run directory or checkpoint")
     ranked.add_argument("--dataset", default=None, help="test dataset (default: the run's first target)")
-    ranked.add_argument("--topk", type=int, default=10)
-    ranked.add_argument("--max-queries", type=int, default=20)
+    ranked.add_argument("--topk", type=positive_int, default=10, help="gallery matches shown per query")
+    ranked.add_argument("--max-queries", type=positive_int, default=20)
     ranked.add_argument("--out", default=None, help="output folder (default: <run>/visualize/ranked[_<dataset>])")
 
     cam = actions.add_parser("gradcam", formatter_class=HelpFormatter,
                              help="GradCAM maps of images under one identity's class (paper Fig. 3)")
     cam.add_argument("run", help="run directory or checkpoint (with the ID classifier)")
     cam.add_argument("images", nargs="+", help="image files")
-    cam.add_argument("--class-index", type=int, required=True, help="training identity (classifier row) to explain")
+    cam.add_argument("--class-index", type=non_negative_int, required=True,
+                     help="training identity (classifier row) to explain")
     cam.add_argument("--out", default=None, help="output PNG (default: <run>/visualize/gradcam_<class>.png)")
 
     curves = actions.add_parser("curves", formatter_class=HelpFormatter,

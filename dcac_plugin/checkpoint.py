@@ -8,43 +8,17 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
-from typing import Any, BinaryIO, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .atomic_files import atomic_copy, atomic_save, atomic_write  # noqa: F401  (where the package imports them from)
+from .file_kinds import not_a_torch_file
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be used; the message names the file and the fix."""
-
-
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> str:
-    """``write`` into a temporary file in the same folder, fsync, then rename over ``path``:
-    a crash leaves either the old file or the new one, never a truncated one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_save(obj: Any, path: str) -> str:
-    """``torch.save`` of ``obj`` to ``path``, atomically."""
-    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def _numpy_scalar_globals() -> list:
@@ -54,17 +28,6 @@ def _numpy_scalar_globals() -> list:
 
     multiarray = getattr(np, "_core", None) or np.core
     return [multiarray.multiarray.scalar, np.dtype] + [type(np.dtype(t)) for t in ("float64", "float32", "int64")]
-
-
-def atomic_copy(source: str, path: str) -> str:
-    """A copy of the file ``source`` at ``path``, written atomically."""
-    import shutil
-
-    def copy(handle: BinaryIO) -> None:
-        with open(source, "rb") as original:
-            shutil.copyfileobj(original, handle, length=16 << 20)
-
-    return atomic_write(path, copy)
 
 
 def _load_safetensors(path: str) -> Dict[str, torch.Tensor]:
@@ -100,6 +63,10 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         raise CheckpointError(f"Checkpoint not found: {path}")
     if path.endswith(".safetensors"):
         return _load_safetensors(path)
+    kind = not_a_torch_file(path)
+    if kind:
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: it is {kind}. Name a checkpoint file "
+                              "(e.g. <run>/model/best.pth.tar) or a run folder.")
     try:
         with torch.serialization.safe_globals(_numpy_scalar_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -109,7 +76,9 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
             f"tensors and plain Python types, which could run code). Re-save its state_dict, or "
             f"convert it on a trusted machine. Detail: {str(err).splitlines()[0]}"
         ) from None
-    except (RuntimeError, EOFError) as err:
+    except PermissionError:
+        raise CheckpointError(f"Cannot read checkpoint {path}: permission denied.") from None
+    except (RuntimeError, EOFError, OSError) as err:  # a truncated zip archive can fail its seeks (EINVAL)
         raise CheckpointError(f"Checkpoint {path} is corrupt or truncated: {err}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"Checkpoint {path} holds a {type(state).__name__}, not a dict of tensors.")
@@ -335,11 +304,30 @@ def apply_weights(model: nn.Module, weights: Dict[str, torch.Tensor], path: str)
     return classifier_note(fit)
 
 
+# What dcac's latent cache file holds (diffusion.latent_cache): VAE posteriors, no model.
+LATENT_CACHE_KEYS = frozenset({"fingerprint", "keys", "mean", "std"})
+
+
+def weights_in(state: Dict[str, Any], path: str) -> Dict[str, torch.Tensor]:
+    """:func:`model_state_dict` of a checkpoint read from ``path``, refused (naming what the file
+    holds instead) when it is no model's weights: the latent cache, or entries that are no tensors."""
+    if LATENT_CACHE_KEYS <= set(state):
+        raise CheckpointError(f"{path} is a run's latent cache (VAE posteriors of its training images), not model "
+                              "weights. Name the run folder or one of its checkpoints (model/best.pth.tar).")
+    weights = model_state_dict(state)
+    others = [key for key, value in weights.items() if not torch.is_tensor(value)]
+    if others:
+        raise CheckpointError(f"{path} holds no model weights: its entries {', '.join(others[:4])}"
+                              f"{', ...' if len(others) > 4 else ''} are not tensors. Name a checkpoint of a run "
+                              "(model/best.pth.tar, encoder.safetensors) or a run folder.")
+    return weights
+
+
 def load_model_weights(model: nn.Module, path: str) -> str:
     """``model.load_weights``: a checkpoint, an encoder export or a run directory (:func:`find_weights`)
     into ``model``, as :func:`apply_weights`; returns the log line saying what was loaded."""
     path = find_weights(path)
-    note = apply_weights(model, model_state_dict(load_checkpoint(path)), path)
+    note = apply_weights(model, weights_in(load_checkpoint(path), path), path)
     return f"Loaded weights from {path}" + (f": {note}" if note else "")
 
 
@@ -357,7 +345,7 @@ def export_encoder(model: nn.Module, path: str) -> str:
     if not weights:
         raise CheckpointError(f"{type(model).__name__} has no backbone/bnneck weights to export.")
     payload = save(weights, metadata={"format": "pt", "content": "dcac-reid encoder"})
-    return atomic_write(path, lambda handle: handle.write(payload))
+    return atomic_write(path, lambda handle: handle.write(payload), size=len(payload))
 
 
 def load_encoder(model: nn.Module, path: str) -> None:

@@ -116,10 +116,12 @@ def get_default_config() -> CN:
     # LoRA's rank-r update added into the frozen layer's output by one in-place matrix product
     # (peft: a product, a scaling and a sum, each a full-width pass); fp32 outside autocast.
     cfg.train.fused_lora = True
-    # Under torchrun: the process-group backend ('' = nccl on GPUs, gloo on CPU) and how long a
-    # rank may wait for the others (rank 0 evaluates alone while they wait).
+    # Under torchrun: the process-group backend ('' = nccl on GPUs, gloo on CPU), how long a
+    # rank may wait for the others in a collective (rank 0 evaluates alone while they wait), and
+    # how long the processes wait for each other when they start (a missing rank is reported).
     cfg.train.dist_backend = ""
     cfg.train.dist_timeout_minutes = 60.0
+    cfg.train.dist_rendezvous_minutes = 5.0
 
     cfg.sgd = CN()
     cfg.sgd.momentum = 0.9
@@ -249,15 +251,46 @@ def _check_keys(overrides: Mapping[str, Any], reference: CN, where: str, valid: 
             _check_keys(value, reference[key], where, valid, prefix=f"{full}.")
 
 
-def _check_booleans(overrides: Mapping[str, Any], reference: CN, where: str, prefix: str = "") -> None:
-    """A key whose default is True or False takes True or False, and nothing else: yacs lets
-    ``null`` through (a falsy None) and refuses 1 or ``true`` naming only the types."""
+# What a key takes, by the type of its default (yacs checks types, but lets null through and
+# names only Python types when it refuses).
+_KINDS = {bool: "True or False", int: "a whole number", float: "a number", str: "text ('' for none)",
+          list: "a list", tuple: "a list"}
+
+
+def _checked_value(key: str, value: Any, default: Any, where: str) -> Any:
+    """``value`` for config ``key`` whose default is ``default``, as yacs will merge it: a whole
+    number where a number is expected becomes a float (yacs would refuse ``lr: 1``); null and
+    values of another type are a :class:`ConfigError` naming the key, what it takes and the value."""
+    decoded = CN._decode_cfg_value(value)
+    kind = _KINDS.get(type(default))
+    if kind is None:  # a key without a typed default (None) takes anything
+        return value
+    if isinstance(default, bool):
+        fits = isinstance(decoded, bool)
+    elif isinstance(default, float) and isinstance(decoded, int) and not isinstance(decoded, bool):
+        return float(decoded)
+    elif isinstance(default, (list, tuple)):
+        fits = isinstance(decoded, (list, tuple))
+    else:
+        fits = isinstance(decoded, type(default)) and not isinstance(decoded, bool)
+    if fits:
+        return value
+    empty = "" if isinstance(default, bool) or decoded is not None else \
+        f" (an empty value): give it one (its default is {default!r}) or leave the key out"
+    raise ConfigError(f"Bad value {where}: {key} takes {kind}, not {value!r}{empty}.")
+
+
+def _check_types(overrides: Mapping[str, Any], reference: CN, where: str, prefix: str = "") -> dict:
+    """``overrides`` with every value checked by :func:`_checked_value` against its default in
+    ``reference`` (the keys are known to exist)."""
+    checked = {}
     for key, value in overrides.items():
         full, default = f"{prefix}{key}", reference[key]
         if isinstance(default, CN):
-            _check_booleans(value, default, where, prefix=f"{full}.")
-        elif isinstance(default, bool) and not isinstance(CN._decode_cfg_value(value), bool):
-            raise ConfigError(f"Bad value {where}: {full} takes True or False, not {value!r}.")
+            checked[key] = _check_types(value, default, where, prefix=f"{full}.")
+        else:
+            checked[key] = _checked_value(full, value, default, where)
+    return checked
 
 
 def _all_keys(cfg: CN, prefix: str = "") -> list:
@@ -268,6 +301,13 @@ def _all_keys(cfg: CN, prefix: str = "") -> list:
         else:
             keys.append(f"{prefix}{key}")
     return keys
+
+
+def _default_of(cfg: CN, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 def _nested(dotted: Sequence[str]) -> dict:
@@ -283,7 +323,7 @@ def _nested(dotted: Sequence[str]) -> dict:
 
 def _merge_dict(cfg: CN, overrides: Mapping[str, Any], where: str) -> None:
     _check_keys(overrides, cfg, where, _all_keys(cfg))
-    _check_booleans(overrides, cfg, f"in {where}")
+    overrides = _check_types(overrides, cfg, f"in {where}")
     try:
         cfg.merge_from_other_cfg(CN(dict(overrides)))
     except ValueError as err:  # yacs type mismatch
@@ -409,9 +449,10 @@ def build_config(
         cfg.data.transforms = list(transforms)
     if opts:
         _check_keys(cli_overrides, cfg, "the command line", _all_keys(cfg))
-        _check_booleans(cli_overrides, cfg, "on the command line")
+        opts = [item for key, value in zip(opts[0::2], opts[1::2])
+                for item in (key, _checked_value(key, value, _default_of(cfg, key), "on the command line"))]
         try:
-            cfg.merge_from_list(list(opts))
+            cfg.merge_from_list(opts)
         except (ValueError, AssertionError) as err:
             raise ConfigError(f"Bad value on the command line: {err}") from None
     if not cfg.engine:

@@ -22,6 +22,33 @@ class CommandFailed(RuntimeError):
     """The command did its work but the result failed (exit status 1, not a usage error)."""
 
 
+class DiskFullError(UsageError):
+    """A file could not be written for lack of space (or quota); the message names the folder,
+    the space needed and what was kept."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run: ``state`` says where the run was left (what is on disk), ``advice``
+    how to go on. The command ends with them in one line, not a traceback."""
+
+    def __init__(self, state: str, advice: str) -> None:
+        super().__init__(f"{state}; {advice}")
+        self.state, self.advice = state, advice
+
+
+class Terminated(SystemExit):
+    """SIGTERM (a scheduler or torchrun stopping the job) arrived while a file was being written:
+    the partial file is removed and the command ends with exit status 143 (128 + SIGTERM), its
+    message saying what was kept."""
+
+    STATUS = 143
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = self.STATUS
+        self.message = message
+
+
 def user_errors() -> tuple:
     """Errors caused by input (config, data, weights, checkpoints, a diverging run): their
     messages name the problem and the fix, so they end the command without a traceback."""
@@ -36,4 +63,4 @@ def user_errors() -> tuple:
             NonFiniteLossError)
 
 
-__all__ = ["CommandFailed", "ConfigError", "UsageError", "user_errors"]
+__all__ = ["CommandFailed", "ConfigError", "DiskFullError", "Interrupted", "Terminated", "UsageError", "user_errors"]

@@ -11,13 +11,14 @@ import argparse
 import io
 import os.path as osp
 import warnings
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import atomic_write
-from .errors import CommandFailed
+from .errors import CommandFailed, UsageError
 from .outputs import check_output_files
 
 ONNX_INPUT, ONNX_OUTPUT = "images", "features"
@@ -122,6 +123,28 @@ def verify_onnx(path: str, model: nn.Module, example: torch.Tensor) -> float:
     return _max_abs_diff(torch.from_numpy(onnx_out), InferenceEncoder(model).cpu()(example.cpu()))
 
 
+def onnx_opsets() -> Optional[Tuple[int, int]]:
+    """The ONNX opsets torch's TorchScript-based exporter (the one used here) can write, or None
+    when this torch does not say (the range moves with torch's releases)."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:
+        return None
+    highest = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", None) or getattr(_constants, "ONNX_MAX_OPSET",
+                                                                                           None)
+    lowest = getattr(_constants, "ONNX_MIN_OPSET", None)
+    return (int(lowest), int(highest)) if lowest and highest else None
+
+
+def check_opset(opset: int) -> None:
+    """Refuse, before the model is loaded, an opset torch cannot export to (it would fail deep
+    inside the export with a traceback)."""
+    supported = onnx_opsets()
+    if supported and not supported[0] <= opset <= supported[1]:
+        raise UsageError(f"--opset {opset}: torch {torch.__version__} exports ONNX opsets {supported[0]} to "
+                         f"{supported[1]}; choose one of those (default 17).")
+
+
 def _default_output(run: str, fmt: str) -> str:
     folder = run if osp.isdir(run) else osp.dirname(osp.abspath(run))
     return osp.join(folder, "encoder.onnx" if fmt == "onnx" else "encoder.torchscript.pt")
@@ -135,6 +158,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     output = args.output or _default_output(args.run, args.format)
     check_output_files([output], args.overwrite, "--output")
+    if args.format == "onnx":
+        check_opset(args.opset)
     model, cfg, weights = load_trained_model(args.run, args.config_file)
     height, width = cfg.data.height, cfg.data.width
     if args.format == "onnx":

@@ -34,7 +34,8 @@ def eval_transform(cfg: CN) -> Callable:
 
 @torch.no_grad()
 def extract_features(model: nn.Module, paths: Sequence[str], transform: Callable, batch_size: int = 64,
-                     flip: bool = False, device: str = "cpu", workers: int = 0) -> torch.Tensor:
+                     flip: bool = False, device: str = "cpu", workers: int = 0,
+                     unreadable_fix: str = "remove or replace the file") -> torch.Tensor:
     """L2-normalised features [N, D] of the images at ``paths``, row i for ``paths[i]``, on the CPU.
 
     ``model`` is run through :class:`~dcac_plugin.export.InferenceEncoder`, the same contract
@@ -43,12 +44,13 @@ def extract_features(model: nn.Module, paths: Sequence[str], transform: Callable
     ``flip`` averages each image's feature with that of its horizontal mirror and
     re-normalises (the usual Re-ID test-time augmentation). The mirror is taken of the
     transformed tensor: normalisation is per channel, so this equals mirroring the image.
+    An unreadable image stops it with ``unreadable_fix`` as the fix.
     """
     if not paths:
         raise ValueError("No images to extract features from.")
     encoder = InferenceEncoder(model).to(device)
     loader = image_list_loader([(path, 0, 0) for path in paths], transform, batch_size, workers,
-                               pin_memory=str(device).startswith("cuda"))
+                               pin_memory=str(device).startswith("cuda"), unreadable_fix=unreadable_fix)
     chunks: List[torch.Tensor] = []
     for batch in tqdm(loader, desc="Extracting features", unit="batch"):
         images = batch["img"].to(device, non_blocking=True)
@@ -72,7 +74,7 @@ def save_features(path: str, features: torch.Tensor, paths: Sequence[str], meta:
     metadata = {key: value if isinstance(value, str) else json.dumps(value) for key, value in meta.items()}
     metadata["paths"] = json.dumps(list(paths))
     payload = save({"features": features.detach().cpu().contiguous()}, metadata=metadata)
-    return atomic_write(path, lambda handle: handle.write(payload))
+    return atomic_write(path, lambda handle: handle.write(payload), size=len(payload))
 
 
 def load_features(path: str) -> Tuple[torch.Tensor, List[str]]:
@@ -105,7 +107,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         raise UsageError(f"No images (.jpg, .jpeg, .png, .bmp) in {args.images}.")
     model, cfg, weights = load_trained_model(args.run, args.config_file)
     features = extract_features(model, paths, eval_transform(cfg), batch_size=args.batch_size, flip=args.flip,
-                                device=args.device or default_device(), workers=args.workers)
+                                device=args.device or default_device(), workers=args.workers,
+                                unreadable_fix=f"remove or replace the file, or leave it out of {args.images}")
     save_features(args.output, features, paths, {"weights": weights, "model": cfg.model.name, "flip": args.flip,
                                                  "height": cfg.data.height, "width": cfg.data.width})
     print(f"Extracted {features.shape[0]} images x {features.shape[1]} dims from {weights} -> {args.output}")

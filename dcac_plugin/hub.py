@@ -1,4 +1,4 @@
-"""Whether the Hugging Face Hub can be reached, decided once and quickly.
+"""Whether the Hugging Face Hub (or another download host) can be reached, decided once and quickly.
 
 Without a network, huggingface_hub retries each request with back-off and open_clip then
 tries every file name it knows, so a missing weight file costs about a minute of repeated
@@ -47,6 +47,31 @@ def hub_unreachable_reason(timeout: float = PROBE_TIMEOUT_SECONDS) -> Optional[s
     return _probe(constants.ENDPOINT, timeout)
 
 
+@functools.lru_cache(maxsize=None)
+def _probe_host(origin: str, timeout: float) -> Optional[str]:
+    """None when ``origin`` (scheme://host) answers at all, else why it cannot be reached."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(origin, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:  # it answered, if only with an error status
+        return None
+    except Exception as error:  # DNS failure, refused, timeout, proxy error ...
+        return f"{origin} cannot be reached ({type(error).__name__})"
+    return None
+
+
+def url_unreachable_reason(url: str, timeout: float = PROBE_TIMEOUT_SECONDS) -> Optional[str]:
+    """Why the host of ``url`` (outside the Hugging Face Hub: Google Drive, download.pytorch.org)
+    cannot be reached now, or None when it can: ONE request of at most ``timeout`` seconds per
+    host, remembered for the process."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return _probe_host(f"{parts.scheme}://{parts.netloc}", timeout)
+
+
 def cached_file(repo_id: str, filename: str) -> Optional[str]:
     """The local path of ``filename`` of ``repo_id`` in the Hugging Face cache, or None."""
     path = try_to_load_from_cache(repo_id, filename)
@@ -72,4 +97,4 @@ def repo_url(repo_id: str) -> str:
 
 
 __all__ = ["PROBE_TIMEOUT_SECONDS", "cached_file", "ensure_hub_cache_writable", "file_url", "hub_unreachable_reason",
-           "offline_by_environment", "repo_url"]
+           "offline_by_environment", "repo_url", "url_unreachable_reason"]

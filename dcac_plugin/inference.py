@@ -14,8 +14,7 @@ import torch
 from torch import nn
 from yacs.config import CfgNode as CN
 
-from .checkpoint import (CheckpointError, apply_weights, find_run_config, find_weights, load_checkpoint,
-                         model_state_dict)
+from .checkpoint import CheckpointError, apply_weights, find_run_config, find_weights, load_checkpoint, weights_in
 from .config import build_config
 
 
@@ -51,7 +50,7 @@ def load_trained_model(source: str, config_file: Optional[str] = None,
     cfg = build_config(config_file, list(opts) + ["model.pretrained", "False", "model.load_weights", "",
                                                   "model.resume", ""])
     path = find_weights(source)
-    weights = model_state_dict(load_checkpoint(path))
+    weights = weights_in(load_checkpoint(path), path)
     # As the run built it: our engines put the Re-ID head on a torchreid model (ToolboxReID).
     model = build_model(cfg, _num_classes(weights), trained_model_loss(cfg), use_gpu=False)
     apply_weights(model, weights, path)

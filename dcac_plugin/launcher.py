@@ -23,6 +23,7 @@ from . import distributed
 from .checkpoint import (CheckpointError, atomic_write, check_finite_weights, check_resumable, export_encoder,
                          load_checkpoint, load_model_weights, model_state_dict)
 from .config import ConfigError, device_kwargs, engine_run_kwargs, imagedata_kwargs
+from .errors import Interrupted, Terminated, user_errors
 from .cpu_convolution import MAX_MATRIX_PRODUCT_ROWS
 from .data.combineall import combineall_counts_cameras
 from .data.layouts import check_datasets
@@ -37,6 +38,7 @@ from .data.views import TwoViewTransform, diffusion_view_transform
 from .determinism import determinism_errors_explained, enable_determinism, restored_determinism
 from .engines.common import checkpoint_paths
 from .models import CLIP_MODELS, BNNeckReID, build_toolbox_reid, check_toolbox_model
+from .models.toolbox_weights import checked_toolbox_downloads
 from .optim import build_optimizer, build_scheduler
 from .preparation import prepared_in_rounds
 from .performance import AMP_CHOICES, compile_modules, enable_gradient_checkpointing, use_faster_unet_kernels
@@ -47,7 +49,8 @@ from .resumption import (apply_learning_rates, asked_learning_rates, check_resum
 from .writable import writing_torch_cache
 from .validation import check_values
 from .run_lock import run_lock
-from .save_dir import check_save_dir, remove_outputs
+from .save_dir import check_save_dir, remove_outputs, run_outputs
+from .stopped_runs import config_stamp, explained, leave_stopped_run, remove_leftover_temporaries
 
 
 def _unknown(kind: str, name: str, valid, note: str = "") -> ConfigError:
@@ -212,7 +215,7 @@ def build_model(cfg: CN, num_classes: int, model_loss: str, use_gpu: bool) -> nn
     if name in CLIP_MODELS:
         return model_factory()[name](num_classes=num_classes, loss=model_loss, pretrained=cfg.model.pretrained,
                                      weights=cfg.dcac.clip_weights, img_size=(cfg.data.height, cfg.data.width))
-    with writing_torch_cache(f"torchreid's pretrained {name} weights"):
+    with writing_torch_cache(f"torchreid's pretrained {name} weights"), checked_toolbox_downloads(name):
         if model_loss == "reid":
             return build_toolbox_reid(name, num_classes, model_loss, pretrained=cfg.model.pretrained,
                                       **device_kwargs(reid_models.build_model, use_gpu))
@@ -397,7 +400,8 @@ def prepare(cfg: CN) -> PreparedRun:
         # or model.cuda() below may be the first to start CUDA.
         print("\n".join(enable_determinism()))
     use_gpu = bool(cfg.use_gpu) and torch.cuda.is_available()
-    info = distributed.init_distributed(use_gpu, cfg.train.dist_backend, cfg.train.dist_timeout_minutes)
+    info = distributed.init_distributed(use_gpu, cfg.train.dist_backend, cfg.train.dist_timeout_minutes,
+                                        cfg.train.dist_rendezvous_minutes)
     # Ranks draw different augmentations and noise; DDP gives them rank 0's initial weights.
     reid_utils.set_random_seed(cfg.train.seed + info.rank)
     engine_cls = ENGINES.get(cfg.engine)
@@ -495,19 +499,40 @@ def run_output(cfg: CN):
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             yield replaced
         return
-    created = missing_folders(cfg.data.save_dir)
+    save_dir = cfg.data.save_dir
+    created = missing_folders(save_dir)
     log_name = ("test.log" if cfg.test.evaluate else "train.log") + time.strftime("-%Y-%m-%d-%H-%M-%S")
-    log_path = osp.join(cfg.data.save_dir, log_name)
+    log_path = osp.join(save_dir, log_name)
+    started = False
     try:
-        ensure_writable(cfg.data.save_dir)
-        with run_lock(cfg.data.save_dir):
+        ensure_writable(save_dir)
+        with run_lock(save_dir):
             replaced = check_save_dir(cfg)
+            kept, stamp = set(run_outputs(save_dir)) - set(replaced), config_stamp(save_dir)
+            remove_leftover_temporaries(save_dir)
             with tee_stdout(log_path):
-                yield replaced
+                try:
+                    yield replaced
+                except BaseException as err:
+                    started, state, advice = leave_stopped_run(save_dir, kept, stamp)
+                    raise stopped_error(err, started, state, advice)
     except BaseException:
-        if created and not osp.isfile(run_config_path(cfg.data.save_dir)):
+        if created and not started:
             remove_failed_start(log_path, created)
         raise
+
+
+def stopped_error(err: BaseException, started: bool, state: str, advice: str) -> BaseException:
+    """What ends a run that stopped: Ctrl-C as :class:`Interrupted` (where the run was left, how
+    to go on); SIGTERM during a write and a user error that came once the run had started, with
+    the same added; anything else (a bug) as it is."""
+    if isinstance(err, KeyboardInterrupt):
+        return err if isinstance(err, Interrupted) else Interrupted(state, advice)
+    if isinstance(err, Terminated):
+        return Terminated(f"{err.message} {state[0].upper()}{state[1:]}; {advice}.")
+    if started and isinstance(err, user_errors()):
+        return explained(err, state, advice)
+    return err
 
 
 def run(cfg: CN) -> Dict[str, Any]:
@@ -515,8 +540,10 @@ def run(cfg: CN) -> Dict[str, Any]:
 
     ``config.yaml`` is written once everything is built, just before training (or evaluation)
     starts, so that a run that failed to start never looks like a run.
-    Launched with torchrun, every rank runs this; rank 0 alone logs, evaluates and writes.
+    Launched with torchrun, every rank runs this; rank 0 alone logs, evaluates and writes. An
+    inconsistent torchrun environment (a stray RANK, a bad MASTER_ADDR) stops it before any work.
     """
+    distributed.check_launch_environment()
     check_config(cfg)
     if cfg.model.load_weights:
         load_weights_path(cfg)  # a relative path not found in model.load_weights_dir: said before any work
@@ -542,8 +569,9 @@ def run(cfg: CN) -> Dict[str, Any]:
             if isinstance(prepared.model, BNNeckReID) and not cfg.test.evaluate:
                 path = export_encoder(prepared.model, osp.join(cfg.data.save_dir, "encoder.safetensors"))
                 print(f"Test-time encoder exported to {path}")
-            with open(osp.join(cfg.data.save_dir, "results.json"), "w", encoding="utf-8") as handle:
-                json.dump(summary, handle, indent=2)
+            results = json.dumps(summary, indent=2).encode()
+            atomic_write(osp.join(cfg.data.save_dir, "results.json"), lambda handle: handle.write(results),
+                         size=len(results))
     distributed.barrier()
     distributed.destroy()
     return summary

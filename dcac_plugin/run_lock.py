@@ -47,12 +47,19 @@ def this_process() -> LockOwner:
     return LockOwner(os.getpid(), socket.gethostname(), time.strftime("%Y-%m-%d %H:%M:%S"))
 
 
+# Process ids are positive and below 2**22 on Linux (pid_max's ceiling), far below this elsewhere.
+MAX_PID = 2 ** 31 - 1
+
+
 def read_owner(raw: bytes) -> Optional[LockOwner]:
     """The owner a lock file's bytes name, or None when they name none (a file being written,
-    or not ours)."""
+    not ours, or a pid no process can have)."""
     try:
         fields = json.loads(raw.decode("utf-8"))
-        return LockOwner(int(fields["pid"]), str(fields["host"]), str(fields["started"]))
+        pid = fields["pid"]
+        if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= MAX_PID:
+            return None
+        return LockOwner(pid, str(fields["host"]), str(fields["started"]))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -118,6 +125,14 @@ def held_error(save_dir: str, owner: Optional[LockOwner]) -> UsageError:
                       "Wait for it to finish, or set data.save_dir to another folder.")
 
 
+def unreadable_lock_error(save_dir: str, err: OSError) -> UsageError:
+    """The refusal for a ``run.lock`` that is no lock file: a folder, or unreadable."""
+    path = lock_path(save_dir)
+    what = "is a folder, not a lock file" if os.path.isdir(path) else f"cannot be read ({err.strerror or err})"
+    return UsageError(f"data.save_dir {save_dir} cannot be locked for this run: {path} {what}. It is not a lock of "
+                      f"ours; move or delete {path} and start again, or set data.save_dir to another folder.")
+
+
 def acquire(save_dir: str) -> str:
     """Create ``save_dir``'s lock for this process (taking over a stale one with a note);
     raises :class:`UsageError` naming the owner when another run holds it. Returns its path."""
@@ -131,6 +146,8 @@ def acquire(save_dir: str) -> str:
                 raw = handle.read()
         except FileNotFoundError:  # released meanwhile
             continue
+        except OSError as err:  # a folder (or anything else) where the lock file goes
+            raise unreadable_lock_error(save_dir, err) from None
         owner = read_owner(raw)
         if owner is None or not is_stale(owner):
             break

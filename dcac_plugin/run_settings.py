@@ -23,7 +23,7 @@ from yacs.config import CfgNode as CN
 
 RUN_PLACE = ("data.save_dir", "data.root", "data.overwrite", "model.resume")
 HOW_IT_RUNS = ("use_gpu", "data.workers", "data.skip_corrupt_images", "train.print_freq", "train.dist_backend",
-               "train.dist_timeout_minutes", "train.gradient_checkpointing", "train.compile", "train.fused_lora",
+               "train.dist_timeout_minutes", "train.dist_rendezvous_minutes", "train.gradient_checkpointing", "train.compile", "train.fused_lora",
                "train.cpu_matmul_convolutions", "train.deterministic", "test.eval_freq", "test.start_eval",
                "test.batch_size")
 EVALUATION = ("test.", "data.targets", "cuhk03.use_metric_cuhk03", "market1501.use_500k_distractors")

@@ -137,9 +137,16 @@ def check_test_split_ids(cfg: CN) -> None:
     check_split_ids(list(cfg.data.targets), list(cfg.test.split_ids))
 
 
+def check_distributed_timeouts(cfg: CN) -> None:
+    """Under torchrun, the processes wait for each other at most these many minutes."""
+    _positive(cfg, "train.dist_timeout_minutes")
+    _positive(cfg, "train.dist_rendezvous_minutes")
+
+
 RULES: Tuple[Callable[[CN], None], ...] = (
     check_batch_sizes, check_identity_sampler, check_workers, check_learning_rate, check_optimizer,
-    check_input_size, check_lora_rank, check_temperatures, check_diffusion_image_size, check_test_split_ids)
+    check_input_size, check_lora_rank, check_temperatures, check_diffusion_image_size, check_test_split_ids,
+    check_distributed_timeouts)
 
 
 def check_values(cfg: CN) -> None:
@@ -148,6 +155,6 @@ def check_values(cfg: CN) -> None:
         rule(cfg)
 
 
-__all__ = ["RULES", "VAE_DOWNSAMPLING", "check_batch_sizes", "check_diffusion_image_size", "check_identity_sampler",
-           "check_input_size", "check_learning_rate", "check_lora_rank", "check_optimizer", "check_temperatures",
-           "check_test_split_ids", "check_values", "check_workers"]
+__all__ = ["RULES", "VAE_DOWNSAMPLING", "check_batch_sizes", "check_diffusion_image_size", "check_distributed_timeouts",
+           "check_identity_sampler", "check_input_size", "check_learning_rate", "check_lora_rank", "check_optimizer",
+           "check_temperatures", "check_test_split_ids", "check_values", "check_workers"]

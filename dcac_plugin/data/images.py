@@ -50,9 +50,10 @@ class ImageReadError(RuntimeError):
         self.reason = reason
 
     @classmethod
-    def for_file(cls, path: str, reason: str) -> ImageReadError:
-        """The error for ``path``, with the problem and the fix in its message."""
-        return cls(f'Cannot read image "{path}": {reason}. Fix: {_FIX}.', path=path, reason=reason)
+    def for_file(cls, path: str, reason: str, fix: str = _FIX) -> ImageReadError:
+        """The error for ``path``, with the problem and the fix in its message (by default that of a
+        run, which can skip unreadable images; a tool that cannot passes its own)."""
+        return cls(f'Cannot read image "{path}": {reason}. Fix: {fix}.', path=path, reason=reason)
 
 
 def _reason(path: str, error: BaseException) -> str:

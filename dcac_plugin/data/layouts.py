@@ -142,6 +142,17 @@ class ImageNames:
                 if found:
                     raise self.error(dataset, path, *found)
 
+    def empty_part(self, data_dir: str) -> Optional[Tuple[str, str]]:
+        """(the first folder under ``data_dir`` that holds no image the reader keeps, what it lacks),
+        or None. torchreid's reader indexes the first image of each split, so an empty one would end
+        in a bare IndexError (or an evaluation with nothing to rank)."""
+        for folder in self.folders:
+            names = (os.path.basename(p) for p in glob.glob(os.path.join(data_dir, folder, "*" + self.extension)))
+            if not any((pid_and_camera(name) or (self.junk_pid,))[0] != self.junk_pid for name in names):
+                junk = f" other than junk (pid {self.junk_pid})" if self.junk_pid is not None else ""
+                return os.path.join(data_dir, folder), f"holds no *{self.extension} image{junk}"
+        return None
+
 
 @dataclass(frozen=True)
 class ListLines:
@@ -169,6 +180,18 @@ class ListLines:
             return "has no camera: the third _-separated field of the image name must be its camera number"
         if not 1 <= int(fields[2]) <= self.num_cameras:
             return f"has camera {int(fields[2])}, outside 1..{self.num_cameras}"
+        return None
+
+    def empty_part(self, data_dir: str) -> Optional[Tuple[str, str]]:
+        """(the first list file of training, query or gallery images without a line, what it lacks),
+        or None (the validation list may be empty: it is added to training only on request)."""
+        for name in self.files:
+            path = os.path.join(data_dir, name)
+            if "val" in name:
+                continue
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                if not any(line.strip() for line in handle):
+                    return path, "lists no image"
         return None
 
     def check(self, dataset: str, data_dir: str) -> None:
@@ -401,6 +424,10 @@ def check_dataset_layout(name: str, root: str) -> None:
             raise fail(path, f"Dataset {name!r} is incomplete: {path} does not exist.")
     if layout.names is not None:
         layout.names.check(name, os.path.join(folder, chosen))
+        empty = layout.names.empty_part(os.path.join(folder, chosen))
+        if empty:
+            path, lack = empty
+            raise fail(path, f"Dataset {name!r} is incomplete: {path} {lack}. Copy the dataset's images back there.")
 
 
 def check_datasets(names: Iterable[str], root: str) -> None:

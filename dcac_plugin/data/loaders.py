@@ -12,23 +12,32 @@ from typing import Callable, Dict, Optional, Sequence
 
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .images import drop_unreadable, format_unreadable, read_image_checked, scan_images
+from .images import ImageReadError, drop_unreadable, format_unreadable, read_image_checked, scan_images
 
 
 class ImageListDataset(Dataset):
-    """Items of a torchreid dataset list, read with the checked reader and one transform."""
+    """Items of a torchreid dataset list, read with the checked reader and one transform.
 
-    def __init__(self, items: Sequence[tuple], transform: Callable) -> None:
+    ``unreadable_fix``, when given, is the fix an unreadable image's error names instead of a
+    run's (``data.skip_corrupt_images``, which tools such as ``dcac extract`` do not take)."""
+
+    def __init__(self, items: Sequence[tuple], transform: Callable, unreadable_fix: str = "") -> None:
         self.items = list(items)
         self.transform = transform
+        self.unreadable_fix = unreadable_fix
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
         path, pid, camid = self.items[index][:3]
-        return {"img": self.transform(read_image_checked(path)), "pid": pid, "camid": camid, "impath": path,
-                "index": index}
+        try:
+            image = read_image_checked(path)
+        except ImageReadError as error:
+            if not self.unreadable_fix:
+                raise
+            raise ImageReadError.for_file(path, error.reason, self.unreadable_fix) from None
+        return {"img": self.transform(image), "pid": pid, "camid": camid, "impath": path, "index": index}
 
 
 class CheckedImageDataset(Dataset):
@@ -120,9 +129,9 @@ def identities_below(items: Sequence[tuple], num_instances: int) -> Dict[int, in
 
 
 def image_list_loader(items: Sequence[tuple], transform: Callable, batch_size: int, workers: int,
-                      pin_memory: bool = False) -> DataLoader:
-    """An ordered, non-dropping loader over ``items``."""
-    return DataLoader(ImageListDataset(items, transform), batch_size=batch_size, shuffle=False,
+                      pin_memory: bool = False, unreadable_fix: str = "") -> DataLoader:
+    """An ordered, non-dropping loader over ``items`` (``unreadable_fix``: see :class:`ImageListDataset`)."""
+    return DataLoader(ImageListDataset(items, transform, unreadable_fix), batch_size=batch_size, shuffle=False,
                       num_workers=workers, pin_memory=pin_memory, drop_last=False)
 
 

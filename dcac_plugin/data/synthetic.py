@@ -786,6 +786,13 @@ def _swap_into_place(staging: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _has_every_split(dataset_dir: Path) -> bool:
+    """Each image folder still holds images (one emptied by hand is generated again, rather than
+    failing inside torchreid, which indexes the first image of each split)."""
+    return all(any((dataset_dir / folder).glob("*.jpg")) for folder in ("bounding_box_train", "bounding_box_test",
+                                                                           "query"))
+
+
 def ensure_synthetic_dataset(root: str | Path, name: str, spec: SyntheticSpec | None = None) -> Path:
     """Return ``<root>/<name>``, generating it first unless a complete dataset for exactly this
     domain, spec and generator version is already there.
@@ -798,7 +805,7 @@ def ensure_synthetic_dataset(root: str | Path, name: str, spec: SyntheticSpec | 
     dataset_dir = Path(root).expanduser().absolute() / name
     marker = dataset_dir / MARKER_NAME
     try:
-        if json.loads(marker.read_text()) == _marker(name, spec):
+        if json.loads(marker.read_text()) == _marker(name, spec) and _has_every_split(dataset_dir):
             return dataset_dir
     except (OSError, ValueError):
         pass  # no marker or an unreadable one: generate

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Mapping, NamedTuple, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -31,12 +32,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from ..file_kinds import not_a_torch_file
 from ..hub import hub_unreachable_reason
+from .config_checks import SD15_CONFIG_DIR, read_config_file, read_folder_configs
 from .sources import (CONFIG_FILES, LDM_UNET_PREFIX, DiffusersFolder, DiffusionWeightsError,
                       cached_snapshot, download_hint, hub_diffusers_folder, is_single_file, local_diffusers_folder,
                       looks_like_local_path, select_unet_copy)
-
-SD15_CONFIG_DIR: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sd15")
 
 _LDM_VAE_PREFIX = "first_stage_model."
 # The DDPM schedule DCAC trains with (paper 5.2 / SD1.5): anything else changes eq. 10.
@@ -97,7 +98,15 @@ def check_noise_schedule(config: Mapping[str, Any]) -> None:
     and other betas (schedule, range, trained betas, zero-SNR rescaling), another number of
     steps or another prediction type are refused.
     """
-    scheduler = _ddpm_scheduler(config)
+    try:
+        scheduler = _ddpm_scheduler(config)
+    except NotImplementedError:  # diffusers' answer to a beta_schedule it does not know
+        raise ValueError(f"DCAC needs the Stable Diffusion v1.5 noise schedule; the scheduler config's beta_schedule "
+                         f"{config.get('beta_schedule')!r} is none that diffusers' DDPMScheduler knows (need "
+                         "'scaled_linear').") from None
+    except (ValueError, TypeError) as err:  # a malformed value
+        raise ValueError(f"DCAC needs the Stable Diffusion v1.5 noise schedule; this scheduler config does not give a "
+                         f"DDPM schedule at all: {str(err).splitlines()[0]}.") from None
     resolved = scheduler.config
     wrong = []
     if resolved.num_train_timesteps != SD15_NUM_TRAIN_TIMESTEPS:
@@ -123,19 +132,24 @@ def _frozen_vae(vae: AutoencoderKL) -> AutoencoderKL:
     return vae.requires_grad_(False).eval()
 
 
-def _scheduler_from_config(config: Mapping[str, Any]) -> DDPMScheduler:
-    """A DDPMScheduler after checking that its schedule is the one DCAC needs.
+def _scheduler_from_config(config: Mapping[str, Any], source: Optional[str] = None) -> DDPMScheduler:
+    """A DDPMScheduler after checking that its schedule is the one DCAC needs; otherwise a
+    :class:`DiffusionWeightsError` naming the scheduler config of ``source`` (a folder) when known.
 
     The published SD1.5 config names PNDMScheduler; DCAC trains with the same betas through
     DDPM's ``add_noise`` (eq. 10), so only the schedule is taken from it.
     """
-    check_noise_schedule(config)
+    try:
+        check_noise_schedule(config)
+    except ValueError as err:
+        where = f" ({os.path.join(source, CONFIG_FILES['scheduler'])})" if source else ""
+        raise DiffusionWeightsError(f"{err} Use the scheduler config of Stable Diffusion v1.5{where}.") from None
     return _ddpm_scheduler(config)
 
 
 def _random_unet(config_source: str) -> UNet2DConditionModel:
     """A randomly initialised U-Net from the config at ``config_source`` ("train from scratch")."""
-    return UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config_source, subfolder="unet"))
+    return UNet2DConditionModel.from_config(read_config_file(config_source, "unet"))
 
 
 @contextmanager
@@ -152,15 +166,37 @@ def _weights_errors_explained(source: str) -> Iterator[None]:
 def _load_from_diffusers_folder(folder: DiffusersFolder, random_unet: bool) -> RawComponents:
     """U-Net (the chosen variant), VAE and scheduler config of a local diffusers folder."""
     path = folder.path
+    # Configs first: a broken one is named here, an absurd size refused before any allocation.
+    configs = read_folder_configs(path)
     with _weights_errors_explained(path):
         if random_unet:
             unet, description = _random_unet(path), "random U-Net (train from scratch)"
         else:
-            unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", variant=folder.unet_variant)
+            with _mismatch_explained(path, "unet"):
+                unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", variant=folder.unet_variant)
             description = folder.description
-        vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
-        scheduler_config = dict(DDPMScheduler.load_config(path, subfolder="scheduler"))
-    return unet, vae, scheduler_config, description
+        with _mismatch_explained(path, "vae"):
+            vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
+    return unet, vae, configs["scheduler"], description
+
+
+@contextmanager
+def _mismatch_explained(folder: str, part: str) -> Iterator[None]:
+    """Weights that do not fit their own config (one of the two edited or replaced) are named as
+    such, not as weights to download again."""
+    try:
+        yield
+    except (ValueError, RuntimeError) as error:
+        if "shape" not in str(error) and "size mismatch" not in str(error):
+            raise
+        shapes = re.search(r"(\S+) expected shape torch\.Size\((\[.*?\])\), but got torch\.Size\((\[.*?\])\)",
+                           str(error))
+        detail = (f"{shapes.group(1)} is {shapes.group(3)} in the weights, {shapes.group(2)} by the config" if shapes
+                  else _first_line(error))
+        raise DiffusionWeightsError(
+            f"The {part} weights in {os.path.join(folder, part)} do not fit its config "
+            f"{os.path.join(folder, CONFIG_FILES[part])} ({detail}): the two must come from the same model. Restore "
+            "the config that came with the weights, or use a complete Stable Diffusion v1.5 folder.") from None
 
 
 def _read_checkpoint_file(path: str) -> StateDict:
@@ -169,6 +205,10 @@ def _read_checkpoint_file(path: str) -> StateDict:
     ``.safetensors`` goes through safetensors; ``.ckpt`` through ``torch.load(weights_only=True)``.
     Lightning checkpoints nest the weights under ``state_dict``.
     """
+    kind = None if path.endswith(".safetensors") else not_a_torch_file(path)
+    if kind:
+        raise DiffusionWeightsError(f"Checkpoint file {path} is not a PyTorch checkpoint: it is {kind}. "
+                                    + download_hint(path))
     try:
         if path.endswith(".safetensors"):
             checkpoint = load_file(path)
@@ -216,8 +256,7 @@ def _load_from_single_file(path: str, random_unet: bool, ema_weights: bool, conf
             f"{path} could not be converted from the original Stable Diffusion v1 layout: "
             f"{_first_line(error)}. " + download_hint(path)
         ) from error
-    scheduler_config = dict(DDPMScheduler.load_config(config_dir, subfolder="scheduler"))
-    return unet, vae, scheduler_config, description
+    return unet, vae, read_config_file(config_dir, "scheduler"), description
 
 
 def _diffusers_folder_of(source: str, ema_weights: bool) -> DiffusersFolder:
@@ -247,17 +286,20 @@ def load_diffusion_components(pretrained: str, random_unet: bool = False, ema_we
     if is_single_file(pretrained):
         unet, vae, scheduler_config, description = _load_from_single_file(
             pretrained, random_unet, ema_weights, single_file_config)
-        source = f"single file {pretrained}"
+        source, config_folder = f"single file {pretrained}", single_file_config
     else:
         folder = _diffusers_folder_of(pretrained, ema_weights)
         unet, vae, scheduler_config, description = _load_from_diffusers_folder(folder, random_unet)
         source = pretrained if folder.path == pretrained else f"{pretrained} ({folder.path})"
-    noise_scheduler = _scheduler_from_config(scheduler_config)
+        config_folder = folder.path
+    noise_scheduler = _scheduler_from_config(scheduler_config, config_folder)
     return DiffusionComponents(_frozen(unet), _frozen_vae(vae), noise_scheduler, f"{source}: {description}")
 
 
 def _read_configs(source: str) -> Dict[str, Dict[str, Any]]:
     """The unet / vae / scheduler config dicts of a diffusers folder or hub repo (no weights)."""
+    if os.path.isdir(source):
+        return {part: read_config_file(source, part) for part in CONFIG_FILES}
     return {
         "unet": dict(UNet2DConditionModel.load_config(source, subfolder="unet")),
         "vae": dict(AutoencoderKL.load_config(source, subfolder="vae")),

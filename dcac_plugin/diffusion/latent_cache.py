@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import atomic_save, load_checkpoint
+from ..checkpoint import CheckpointError, atomic_save, load_checkpoint
 from ..data.images import READING
 from ..data.loaders import image_list_loader
 from ..performance import full_precision
@@ -61,15 +61,23 @@ class LatentCache:
         self._row_of_path: Dict[str, int] = {}
 
     def load(self) -> int:
-        """Read the on-disk cache if it was made by the same VAE; returns the entries kept."""
+        """Read the on-disk cache if it was made by the same VAE; returns the entries kept. A cache
+        that cannot be read (truncated, corrupt, not ours) is rebuilt with a note."""
         if not os.path.isfile(self.path):
             return 0
-        state = load_checkpoint(self.path)
-        if state.get("fingerprint") != self.fingerprint:
-            print(f"Latent cache {self.path} was made by another VAE, view size or image reading: rebuilding it")
+        try:
+            state = load_checkpoint(self.path)
+            if state.get("fingerprint") != self.fingerprint:
+                print(f"Latent cache {self.path} was made by another VAE, view size or image reading: rebuilding it")
+                return 0
+            index = {tuple(key): row for row, key in enumerate(state["keys"])}
+            mean, std = state["mean"], state["std"]
+        except (CheckpointError, KeyError, TypeError):
+            # Derived data only (a kill mid-write cannot truncate it, a bad disk can): encoded again.
+            print(f"Latent cache {self.path} cannot be read (truncated, corrupt, or not a latent cache); it only "
+                  "holds VAE posteriors of the training images, so it is rebuilt")
             return 0
-        self.index = {tuple(key): row for row, key in enumerate(state["keys"])}
-        self.mean, self.std = state["mean"], state["std"]
+        self.index, self.mean, self.std = index, mean, std
         return len(self.index)
 
     def build(self, paths: Sequence[str], vae: torch.nn.Module, transform: Callable, batch_size: int = 64,

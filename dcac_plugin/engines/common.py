@@ -135,8 +135,8 @@ class RunRecordMixin:
         last = checkpoint_paths(getattr(self, "save_dir", "") or ".")["latest"]
         raise NonFiniteLossError(
             f"Non-finite loss at epoch {self.epoch + 1}, step {getattr(self, 'batch_idx', 0) + 1}: {values}. "
-            f"Training stopped before this step changed anything on disk; the last good checkpoint is "
-            f"{last if osp.isfile(last) else '(none yet)'} (resume with model.resume). Common fixes: a lower "
+            "Training stopped before this step changed anything on disk"
+            f"{'; the last good checkpoint is ' + last if osp.isfile(last) else ''}. Common fixes: a lower "
             "train.lr, train.amp bf16 or off instead of fp16, or checking the data.")
 
     # ----------------------------------------------------------------- evaluation

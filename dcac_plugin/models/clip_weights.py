@@ -17,6 +17,7 @@ import torch
 
 import open_clip
 
+from ..file_kinds import not_a_torch_file
 from ..hub import cached_file, ensure_hub_cache_writable, file_url, hub_unreachable_reason
 
 # open_clip's file names on the hub, safetensors first (as open_clip itself prefers).
@@ -35,20 +36,37 @@ def _is_torchscript_archive(path: str) -> bool:
         return any(name.endswith("constants.pkl") for name in archive.namelist())
 
 
+_WEIGHTS_FIX = ("Set dcac.clip_weights to OpenAI's ViT-B-16.pt, an open_clip checkpoint or a state dict (.pt, .pth, "
+                ".bin, .safetensors), or to an open_clip tag such as openai")
+
+
 def _read_state_dict_file(path: str) -> dict:
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except SafetensorError as err:
+            raise ClipWeightsError(f"Cannot read CLIP weights from {path}: not a complete safetensors file "
+                                   f"({err}). {_WEIGHTS_FIX}.") from None
+    kind = not_a_torch_file(path)
+    if kind:
+        raise ClipWeightsError(f"dcac.clip_weights {path} is not a weights file: it is {kind}. {_WEIGHTS_FIX}.")
     if _is_torchscript_archive(path):
         # OpenAI's released ViT-B-16.pt is a TorchScript archive, not a pickle.
         return torch.jit.load(path, map_location="cpu").state_dict()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling refused or corrupt file
-        raise ClipWeightsError(f"Cannot read CLIP weights from {path}: {err}") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ClipWeightsError(f"Cannot read CLIP weights from {path}: {first}. {_WEIGHTS_FIX}.") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict) or not any(torch.is_tensor(value) for value in state.values()):
+        raise ClipWeightsError(f"dcac.clip_weights {path} holds no tensors (a {type(state).__name__}"
+                               f"{' of ' + ', '.join(list(state)[:4]) if isinstance(state, dict) else ''}). "
+                               f"{_WEIGHTS_FIX}.")
     return state
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from ..checkpoint import CheckpointError, atomic_write
-from ..data.images import read_image_checked
+from ..data.images import ImageReadError, read_image_checked
 from ..errors import UsageError
 from ..models import CLIP_MODELS, ClipReID
 
@@ -131,7 +131,11 @@ def save_gradcam_grid(run: str, images: Sequence[str], class_index: int, out_pat
     test_transform = eval_transform(cfg)
     rows = []
     for path in images:
-        picture = read_image_checked(path)
+        try:
+            picture = read_image_checked(path)
+        except ImageReadError as error:
+            raise ImageReadError.for_file(path, error.reason, "replace the file, or leave it out of the images "
+                                                              "given to dcac visualize gradcam") from None
         # The same resize the model sees, so the map lines up with the picture.
         shown = np.asarray(test_transform.transforms[0](picture))
         cam = gradcam(model, test_transform(picture).unsqueeze(0), class_index)
