@@ -110,10 +110,11 @@ def test_a_new_learning_rate_and_more_epochs_are_applied_and_recorded(run, data_
     out = capsys.readouterr().out
     assert ("Resume: this config changes train.lr 0.001 in the run, 0.5 now; train.max_epoch 1 in the run, 2 now; "
             "train.print_freq 100 in the run, 8 now; applied from the resumed epoch on.") in out
-    # demo_baseline warms up over 2 epochs from 0.1 x lr: epoch 2 runs at 0.55 x lr.
+    # demo_baseline warms up over 2 epochs from 0.1 x lr, stepped as the authors' (1-based epoch):
+    # epoch 1 runs at 0.55 x lr, epoch 2 at lr.
     assert ("Resume: learning rates of this config: 1 parameter group from initial 0.001 to 0.5 (x500), the restored "
-            "schedule scaled alike; now 0.275.") in out
-    assert "lr 0.275000" in out and "lr 0.000550" not in out  # torchreid's step lines: trained at the new rate
+            "schedule scaled alike; now 0.5.") in out
+    assert "lr 0.500000" in out and "lr 0.001000" not in out  # torchreid's step lines: trained at the new rate
     state = load_checkpoint(str(run / "model" / "latest.pth.tar"))
     assert state["epoch"] == 2
     assert [group["initial_lr"] for group in state["optimizer"]["param_groups"]] == [0.5]
