@@ -35,4 +35,5 @@ CONFIG_KEYS: Tuple[str, ...] = ("use_gpu", "engine")
 CONFIG_SECTIONS: Tuple[str, ...] = ("model", "data", "market1501", "cuhk03", "msmt17", "sampler", "video", "train", "sgd",
                                     "rmsprop", "adam", "loss", "test", "dcac")
 # The shipped run lists' names (paper tables) that `dcac experiments` takes, as its help names them.
-RUN_LISTS: Tuple[str, ...] = ("table2", "table3", "table4", "table5", "table7", "table9", "table10", "toolbox")
+RUN_LISTS: Tuple[str, ...] = ("table2", "table3", "table4", "table5", "table7", "table9", "table10", "toolbox", "classical",
+                             "released")

@@ -29,7 +29,8 @@ PYPI_MINIMUM, SOURCE_MINIMUM = (0, 2, 5), (1, 4, 0)
 # Every torchreid attribute dcac_plugin reaches, from the top-level package (tests/test_toolbox_check.py
 # checks that the code names no other).
 REQUIRED = (
-    "data.ImageDataManager", "data.ImageDataset", "data.register_image_dataset", "data.datasets.__image_datasets",
+    "data.Dataset.combine_all", "data.ImageDataManager", "data.ImageDataset", "data.register_image_dataset", "data.datasets.__image_datasets",
+    "data.datasets.image.CUHK02", "data.datasets.image.CUHKSYSU",
     "data.datasets.image.Market1501", "data.datasets.image.MSMT17", "data.datamanager.build_transforms",
     "data.sampler.build_train_sampler", "data.transforms.Random2DTranslation", "data.transforms.RandomErasing",
     "data.transforms.RandomPatch",

@@ -225,6 +225,25 @@ def _make(root: Path, *relative: str) -> Path:
     return root
 
 
+# One image per folder under its published name (the check refuses a split without an image).
+PUBLISHED_IMAGE = {"bounding_box_train": "0002_c1s1_000451_03.jpg", "bounding_box_test": "0003_c1s6_015971_00.jpg",
+                   "query": "0003_c1s6_015971_01.jpg"}
+MSMT17_LINE = "0000/0000_000_01_0303morning_0015_0.jpg 0\n"
+
+
+def _make_filled(root: Path, *relative: str) -> Path:
+    """:func:`_make`, with one published image name in each Market/Duke split folder and one line
+    in each MSMT17 list file, as in the published datasets."""
+    _make(root, *relative)
+    for path in relative:
+        target = root / path
+        if target.name in PUBLISHED_IMAGE:
+            (target / PUBLISHED_IMAGE[target.name]).touch()
+        elif target.name.startswith("list_"):
+            target.write_text(MSMT17_LINE)
+    return root
+
+
 def _raises(name: str, root) -> DatasetLayoutError:
     with pytest.raises(DatasetLayoutError) as caught:
         check_dataset_layout(name, str(root))
@@ -244,7 +263,7 @@ def _assert_message(error: DatasetLayoutError, dataset: str, missing: str, root:
 
 @pytest.mark.parametrize("sub_root", ["Market-1501-v15.09.15", ""])
 def test_complete_market_layout_passes(tmp_path, sub_root):
-    _make(tmp_path, *[os.path.join("market1501", sub_root, d) for d in MARKET_DIRS])
+    _make_filled(tmp_path, *[os.path.join("market1501", sub_root, d) for d in MARKET_DIRS])
     check_dataset_layout("market1501", str(tmp_path))
     check_datasets(["market1501"], str(tmp_path))
 
@@ -274,7 +293,7 @@ def test_missing_root_is_named(tmp_path):
 
 
 def test_root_is_resolved_like_torchreid(tmp_path, monkeypatch):
-    _make(tmp_path, *[os.path.join("market1501", d) for d in MARKET_DIRS])
+    _make_filled(tmp_path, *[os.path.join("market1501", d) for d in MARKET_DIRS])
     monkeypatch.chdir(tmp_path)
     check_dataset_layout("market1501", ".")
     shutil.rmtree(tmp_path / "market1501" / "query")
@@ -289,9 +308,9 @@ def test_missing_dataset_folder_uses_torchreids_folder_name(tmp_path):
 
 
 def test_duke_layout(tmp_path):
-    _make(tmp_path, *[os.path.join("dukemtmc-reid", d) for d in MARKET_DIRS])
+    _make_filled(tmp_path, *[os.path.join("dukemtmc-reid", d) for d in MARKET_DIRS])
     assert _raises("dukemtmcreid", tmp_path).missing == os.path.join(str(tmp_path), "dukemtmc-reid", "DukeMTMC-reID")
-    _make(tmp_path, *[os.path.join("dukemtmc-reid", "DukeMTMC-reID", d) for d in MARKET_DIRS])
+    _make_filled(tmp_path, *[os.path.join("dukemtmc-reid", "DukeMTMC-reID", d) for d in MARKET_DIRS])
     check_dataset_layout("dukemtmcreid", str(tmp_path))
 
 
@@ -299,7 +318,7 @@ def test_duke_layout(tmp_path):
                                           ("MSMT17_V2", ["mask_train_v2", "mask_test_v2"])])
 def test_msmt17_versions(tmp_path, version, dirs):
     base = os.path.join("msmt17", version)
-    _make(tmp_path, *[os.path.join(base, d) for d in dirs + MSMT17_LISTS])
+    _make_filled(tmp_path, *[os.path.join(base, d) for d in dirs + MSMT17_LISTS])
     check_dataset_layout("msmt17", str(tmp_path))
     os.remove(tmp_path / base / "list_gallery.txt")
     error = _raises("msmt17", tmp_path)
@@ -337,7 +356,7 @@ def test_unknown_and_generated_datasets_pass(tmp_path):
 
 
 def test_check_datasets_checks_every_name(tmp_path):
-    _make(tmp_path, *[os.path.join("market1501", d) for d in MARKET_DIRS])
+    _make_filled(tmp_path, *[os.path.join("market1501", d) for d in MARKET_DIRS])
     check_datasets("market1501", str(tmp_path))  # a single name, as torchreid's sources may be
     with pytest.raises(DatasetLayoutError, match="'dukemtmcreid'"):
         check_datasets(["market1501", "synthetic_a", "dukemtmcreid"], str(tmp_path))
