@@ -16,13 +16,6 @@ def error_line(message: str) -> str:
     return f"{PROG}: error: {message}"
 
 
-class SetupError(ImportError):
-    """This environment cannot run ``dcac_plugin`` (e.g. an unsupported torchreid), found while a
-    command's implementation is imported; the message names what is supported and how to install
-    it, so ``dcac`` ends with it alone, like a usage error. Defined here so that the entry point
-    can catch it without importing ``dcac_plugin``."""
-
-
 class DcacArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser (and, through ``add_subparsers``, its sub-command parsers) whose
     errors read ``dcac: error: ...`` first, then the usage of the (sub-)command."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
-# = dcac_plugin.performance.AMP_CHOICES (train.amp and dcac bench train --amp).
+# = dcac_plugin.speed.performance.AMP_CHOICES (train.amp and dcac bench train --amp).
 AMP_CHOICES: Tuple[str, ...] = ("auto", "off", "bf16", "fp16")
 # = dcac_plugin.benchmarks.train_bench.SCHEDULES (dcac bench train --schedule).
 BENCH_SCHEDULES: Tuple[str, ...] = ("turns", "sequential")
@@ -29,7 +29,7 @@ ENGINE_SUMMARIES: Dict[str, str] = {
     "baseline": "CLIP ViT + label-smoothed ID loss + PCL (paper eq. 5-8)",
     "dcac": "baseline + the LoRA-adapted Stable Diffusion feedback (eq. 9-13)",
 }
-# = the top-level scalar keys and the sections of dcac_plugin.config.get_default_config(): a command-line word
+# = the top-level scalar keys and the sections of dcac_config.defaults.get_default_config(): a command-line word
 # that is one of CONFIG_KEYS or reads SECTION.key starts the KEY VALUE overrides (dcac_cli.overrides).
 CONFIG_KEYS: Tuple[str, ...] = ("use_gpu", "engine")
 CONFIG_SECTIONS: Tuple[str, ...] = ("model", "data", "market1501", "cuhk03", "msmt17", "sampler", "video", "train", "sgd",

@@ -2,7 +2,8 @@
 
 All of a command's failures that the user can fix end here, in one form: ``dcac: error:
 <message>`` on stderr and exit status 2 (a failed run or export check: status 1), no traceback;
-so does an environment ``dcac_plugin`` cannot run in (:class:`~dcac_cli.base.SetupError`). A
+so does an environment ``dcac_plugin`` cannot run in (:class:`~dcac_config.errors.SetupError`):
+every such error derives from :class:`~dcac_config.errors.UserError`. A
 command stopped by Ctrl-C ends with one line saying what was interrupted and how to go on
 (exit status 130, as a shell reports SIGINT); one stopped by SIGTERM while writing a file, with
 what was kept (status 143).
@@ -14,7 +15,10 @@ import importlib
 import sys
 from typing import Callable, List, Optional
 
-from .base import SetupError, error_line
+from dcac_config.errors import CommandFailed, Terminated, UserError
+
+from .answers import check_before_import
+from .base import error_line
 from .parser import build_parser
 
 # Ctrl-C: the exit status of a command stopped by SIGINT, as shells report it (128 + 2).
@@ -60,16 +64,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run ``dcac ARGV`` (default: the process's arguments); returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        handler = command_handler(args)
-    except SetupError as err:  # e.g. an unsupported torchreid, refused by `import dcac_plugin`
-        return report(err, 2)
-    from dcac_plugin.errors import CommandFailed, Terminated, user_errors
-
-    try:
-        return handler(args)
+        check_before_import(args)  # a config's or dataset folder's error, before any model is imported
+        return command_handler(args)(args)  # importing it may end in a SetupError (an unsupported torchreid)
     except CommandFailed as err:
         return report(err, 1)
-    except user_errors() as err:
+    except UserError as err:
         return report(err, 2)
     except KeyboardInterrupt as err:
         print(error_line(interrupted_line(args.command, err)), file=sys.stderr)

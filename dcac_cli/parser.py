@@ -64,12 +64,12 @@ def _add_train_parsers(sub: "argparse._SubParsersAction") -> None:
     train = sub.add_parser("train", help="train and/or evaluate from a torchreid-style YAML config",
                            description=TRAIN_DESCRIPTION, epilog=_engines_epilog(), formatter_class=HelpFormatter)
     add_launcher_arguments(train)
-    train.set_defaults(handler="dcac_plugin.cli:cmd_train")
+    train.set_defaults(handler="dcac_plugin.tools.commands:cmd_train")
 
     config = sub.add_parser("config", help="print the merged config (defaults, file, overrides)",
                             formatter_class=HelpFormatter)
     add_launcher_arguments(config)
-    config.set_defaults(handler="dcac_plugin.cli:cmd_config")
+    config.set_defaults(handler="dcac_cli.answers:cmd_config")
 
     stats = sub.add_parser("stats", help="parameter counts, forward FLOPs and planned GPU memory (real-size "
                                          "architectures, no weights, no GPU)",
@@ -90,14 +90,14 @@ def _add_train_parsers(sub: "argparse._SubParsersAction") -> None:
                        help="GPU memory the planned peaks are compared with (fits_gpu)")
     stats.add_argument("--parameters-only", action="store_true",
                        help="only the parameter counts: skip the FLOP count and the memory plan (about 15 s)")
-    stats.set_defaults(handler="dcac_plugin.cli:cmd_stats")
+    stats.set_defaults(handler="dcac_plugin.tools.commands:cmd_stats")
 
     configs = sub.add_parser("configs", help="list the shipped configs and run lists by name",
                              description="The configs shipped with the package (single, multi, ablations, toolbox, demo) "
                                          "and the run lists of `dcac experiments`, by the names every --config-file "
                                          "takes.", formatter_class=HelpFormatter)
     configs.add_argument("filter", nargs="?", default="", help="only names containing this text, e.g. msmt17")
-    configs.set_defaults(handler="dcac_plugin.cli:cmd_configs")
+    configs.set_defaults(handler="dcac_cli.answers:cmd_configs")
 
 
 def _add_bench_parser(sub: "argparse._SubParsersAction") -> None:
@@ -147,7 +147,7 @@ def _add_bench_parser(sub: "argparse._SubParsersAction") -> None:
     bench_eval.add_argument("--device", default="cpu",
                             help="cpu or cuda: where our ranking runs (the Market-size distance matrix, the MSMT-size "
                                  "features); torchreid's reference always runs on the CPU")
-    bench.set_defaults(handler="dcac_plugin.cli:cmd_bench")
+    bench.set_defaults(handler="dcac_plugin.tools.commands:cmd_bench")
 
 
 def _add_demo_parser(sub: "argparse._SubParsersAction") -> None:
@@ -159,7 +159,7 @@ def _add_demo_parser(sub: "argparse._SubParsersAction") -> None:
     demo.add_argument("--engines", action=ListThenOverrides, names=DEMO_RUNS, default=list(DEMO_RUNS),
                       metavar="RUN", help=f"demo runs to do, in this order ({runs})" + LIST_HELP)
     add_overrides_argument(demo, "KEY VALUE overrides applied to every demo run" + OPTS_HELP)
-    demo.set_defaults(handler="dcac_plugin.cli:cmd_demo")
+    demo.set_defaults(handler="dcac_plugin.tools.commands:cmd_demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,7 +38,7 @@ def add_experiments_parser(subparsers: "argparse._SubParsersAction") -> argparse
                              "outputs are deleted when the new run starts; its logs and other files stay); without "
                              "it such a folder stops the command before any run")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides applied to every run")
-    parser.set_defaults(handler="dcac_plugin.experiments:cmd_experiments")
+    parser.set_defaults(handler="dcac_plugin.tools.experiments:cmd_experiments")
     return parser
 
 
@@ -55,7 +55,7 @@ def add_extract_parser(subparsers: "argparse._SubParsersAction") -> argparse.Arg
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes")
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    parser.set_defaults(handler="dcac_plugin.extract:cmd_extract")
+    parser.set_defaults(handler="dcac_plugin.tools.extract:cmd_extract")
     return parser
 
 
@@ -71,7 +71,7 @@ def add_export_parser(subparsers: "argparse._SubParsersAction") -> argparse.Argu
     parser.add_argument("--config-file", default=None, help=TRAINED_CONFIG_HELP)
     parser.add_argument("--opset", type=positive_int, default=17, help="ONNX opset version")
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    parser.set_defaults(handler="dcac_plugin.export:cmd_export")
+    parser.set_defaults(handler="dcac_plugin.tools.export:cmd_export")
     return parser
 
 
@@ -103,5 +103,5 @@ def add_visualize_parser(subparsers: "argparse._SubParsersAction") -> argparse.A
     for action in (ranked, cam, curves):
         action.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
-    parser.set_defaults(handler="dcac_plugin.visualize.cli:cmd_visualize")
+    parser.set_defaults(handler="dcac_plugin.tools.visualize.cli:cmd_visualize")
     return parser

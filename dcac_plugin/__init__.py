@@ -11,11 +11,13 @@ from .toolbox_check import import_toolbox
 import_toolbox()
 
 from . import engines, losses  # noqa: F401,E402  (fill the ENGINES / LOSSES registries)
+from .moved import install_old_paths  # noqa: E402
 from .registration import register_all  # noqa: E402
 from .registry import ENGINES, LOSSES  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 register_all()
+install_old_paths()  # 0.1's module paths, for one release (see dcac_plugin.moved)
 
 __all__ = ["ENGINES", "LOSSES", "__version__", "register_all"]

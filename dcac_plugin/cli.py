@@ -1,166 +1,21 @@
-"""The implementations of ``dcac train``, ``demo``, ``config``, ``configs``, ``stats`` and ``bench``.
+"""``python -m dcac_plugin.cli`` runs ``dcac`` (torchrun starts it this way).
 
-The parser and the entry point are :mod:`dcac_cli` (standard library only, so ``--help``
-answers at once); it imports this module only to run a command. ``main`` is re-exported so
-that ``python -m dcac_plugin.cli`` (torchrun) and ``from dcac_plugin.cli import main`` keep working.
+The command line itself is :mod:`dcac_cli`; ``main`` is re-exported here so that
+``from dcac_plugin.cli import main`` keeps working.
 """
-from __future__ import annotations
-
-import argparse
-import os
-import os.path as osp
 import sys
-from typing import Sequence
 
 from dcac_cli import main
 
-from .errors import UsageError
-from .shipped import CONFIG_DIR, DEMO_GROUP, PAPER_GROUPS, config_group, shipped_configs, shipped_run_lists
+from .moved import moved_attribute
+
+__all__ = ["main"]
 
 
-def config_from_args(args: argparse.Namespace):
-    from .config import build_config
-
-    return build_config(args.config_file or None, args.opts or [], sources=args.sources, targets=args.targets,
-                        root=args.root or None, transforms=args.transforms)
-
-
-def demo_config_path(run: str) -> str:
-    """The shipped config of demo run ``run`` (``softmax``, ``dcac_osnet``, ``baseline``, ``dcac``;
-    package data, whatever the current directory)."""
-    return osp.join(CONFIG_DIR, f"demo_{run}.yaml")
-
-
-def format_results_table(summaries: Sequence[dict]) -> str:
-    """A Markdown table: engine, model, source -> target, mAP, Rank-1 (percent)."""
-    lines = ["| engine | model | source -> target | mAP | Rank-1 |", "|---|---|---|---:|---:|"]
-    for summary in summaries:
-        source = "+".join(summary["sources"])
-        for target, metrics in summary["results"].items():
-            lines.append(f"| {summary['engine']} | {summary['model']} | {source} -> {target} | "
-                         f"{100 * metrics['mAP']:.1f} | {100 * metrics['rank1']:.1f} |")
-    return "\n".join(lines)
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from .launcher import run
-
-    from .distributed import launched_info
-
-    summary = run(config_from_args(args))
-    if launched_info().is_main:
-        print(format_results_table([summary]))
-    return 0
-
-
-def cmd_config(args: argparse.Namespace) -> int:
-    print(config_from_args(args).dump())
-    return 0
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    import json
-
-    from .stats import flops_and_memory_stats, parameter_stats
-
-    # Always the DCAC model: a config for another engine still describes its data and options.
-    args.opts = ["engine", "dcac"] + list(args.opts or [])
-    cfg = config_from_args(args)
-    stats = parameter_stats(cfg, args.num_classes)
-    if not args.parameters_only:
-        stats.update(flops_and_memory_stats(cfg, args.num_classes, batch_size=args.batch_size, amp=args.amp,
-                                            gradient_checkpointing=args.gradient_checkpointing,
-                                            latent_cache=not args.no_latent_cache, gpu_memory_gb=args.gpu_memory_gb))
-    print(json.dumps(stats, indent=2))
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    import json
-
-    if args.what == "train":
-        from .benchmarks.train_bench import Setting, run_train_benchmark, run_train_settings
-
-        options = dict(batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, device=args.device,
-                       rank=args.rank, gradient_checkpointing=args.gradient_checkpointing, opts=args.opts or [],
-                       schedule=args.schedule, plan=args.plan, json_out=args.json_out)
-        if args.settings:
-            if args.amp != "off" or args.no_latent_cache:
-                raise UsageError("--settings names each setting's precision and latents; leave out --amp and "
-                                 "--no-latent-cache")
-            figures = run_train_settings([Setting.parse(text) for text in args.settings], **options)
-            print(json.dumps(figures, indent=2))
-            failed = [name for name, entry in figures["settings"].items() if "error" in entry]
-            return 1 if failed else 0
-        figures = run_train_benchmark(amp=args.amp, latent_cache=not args.no_latent_cache, **options)
-    else:
-        from .benchmarks.eval_bench import run_eval_benchmark
-
-        figures = run_eval_benchmark(include_market=not args.skip_market, include_msmt=not args.skip_msmt,
-                                     torchreid_reference=not args.no_reference, device=args.device)
-    print(json.dumps(figures, indent=2))
-    return 0
-
-
-def earlier_demo_run(cfg) -> bool:
-    """Whether ``cfg.data.save_dir`` holds the demo's own earlier run of this engine (its
-    config.yaml names the same engine, model and synthetic datasets). ``dcac demo`` run again
-    replaces it; a folder holding anything else is refused like any run's."""
-    import yaml
-
-    from .launcher import run_config_path
-
-    try:
-        with open(run_config_path(cfg.data.save_dir), encoding="utf-8") as handle:
-            earlier = yaml.safe_load(handle)
-    except (OSError, yaml.YAMLError):
-        return False
-    if not isinstance(earlier, dict):
-        return False
-    data, model = earlier.get("data") or {}, earlier.get("model") or {}
-    return ((earlier.get("engine"), model.get("name"), data.get("sources"), data.get("targets"))
-            == (cfg.engine, cfg.model.name, list(cfg.data.sources), list(cfg.data.targets)))
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .config import build_config
-    from .launcher import run
-
-    summaries = []
-    for name in args.engines:
-        path = demo_config_path(name)
-        opts = ["data.root", args.root, "data.save_dir", osp.join(args.save_dir, name)] + list(args.opts or [])
-        print(f"\n===== demo: {name} ({path}) =====", flush=True)
-        cfg = build_config(path, opts)
-        if earlier_demo_run(cfg):
-            cfg.data.overwrite = True
-        summaries.append(run(cfg))
-    table = format_results_table(summaries)
-    os.makedirs(args.save_dir, exist_ok=True)
-    with open(osp.join(args.save_dir, "demo_results.md"), "w", encoding="utf-8") as handle:
-        handle.write(table + "\n")
-    print("\nDemo results (train on synthetic_a, test on unseen synthetic_b):\n" + table)
-    print(f"\nLogs, checkpoints and results.json per run under {args.save_dir}/<run>/")
-    return 0
-
-
-def cmd_configs(args: argparse.Namespace) -> int:
-    """``dcac configs [FILTER]``: the shipped configs by group, then the run lists, by name."""
-    text = args.filter.lower()
-    configs = [name for name in shipped_configs() if text in name.lower()]
-    run_lists = [name for name in shipped_run_lists() if text in name.lower()]
-    if not configs and not run_lists:
-        raise UsageError(f"No shipped config or run list name contains {args.filter!r}; `dcac configs` lists them all.")
-    for group in (*PAPER_GROUPS, DEMO_GROUP):
-        names = [name for name in configs if config_group(name) == group]
-        if names:
-            print(f"{group} ({len(names)}):\n" + "\n".join(f"  {name}" for name in names))
-    if run_lists:
-        print(f"run lists of dcac experiments ({len(run_lists)}):\n  " + " ".join(run_lists))
-    print("\nPass a config's name (or a path) to --config-file of train, config, stats, extract and export, "
-          "or names to dcac experiments.")
-    return 0
-
+def __getattr__(name: str):
+    """0.1's ``dcac_plugin.cli.cmd_train``, ``demo_config_path``...: now in the modules below."""
+    return moved_attribute(__name__, name, ("dcac_plugin.tools.commands", "dcac_cli.answers", "dcac_config.shipped",
+                                            "dcac_config.loading"))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,20 +2,11 @@
 from __future__ import annotations
 
 from torchreid import data as reid_data
-from torchreid import models as reid_models
 
 from .data.datasets import EXTRA_DATASETS
 from .data.synthetic import SYNTHETIC_DATASETS
 from .models import CLIP_MODELS
-
-
-def model_factory() -> dict:
-    """torchreid's module-level ``__model_factory`` (reached with getattr: the name is private)."""
-    return getattr(reid_models, "__model_factory")
-
-
-def image_dataset_table() -> dict:
-    return getattr(reid_data.datasets, "__image_datasets")
+from .utils.toolbox_tables import image_dataset_table, model_factory
 
 
 def register_all() -> None:

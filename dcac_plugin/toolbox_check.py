@@ -19,7 +19,7 @@ import warnings
 from types import ModuleType
 from typing import List, Optional, Tuple
 
-from dcac_cli.base import SetupError
+from dcac_config.errors import SetupError
 
 SUPPORTED = ("dcac-reid runs on PyPI torchreid >= 0.2.5 (modules under torchreid.reid: pip install 'torchreid>=0.2.5') "
              "or on deep-person-reid 1.4.0 installed from source (modules directly under torchreid: "

@@ -42,7 +42,7 @@ set -u
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
-HELPER="$REPO/dcac_plugin/device_check.py"
+HELPER="$REPO/dcac_plugin/benchmarks/device_check.py"
 GPU_STEPS="bench_train bench_eval_cuda train_cuda torchrun_ddp pytest_cuda"
 
 usage() {  # the comment block above `set -u`

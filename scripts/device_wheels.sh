@@ -71,7 +71,7 @@ for archive in "$STAGE"/sources/*; do
     # No build isolation: setuptools from this Python builds it, with nothing downloaded.
     pip_quietly wheel --no-deps --no-build-isolation -w "$STAGE/wheels" "$archive"
 done
-"$PYTHON" "$REPO/dcac_plugin/device_check.py" wheels "$STAGE/wheels" ||
+"$PYTHON" "$REPO/dcac_plugin/benchmarks/device_check.py" wheels "$STAGE/wheels" ||
     fail "the wheels do not make a working set for the machine (see the line above)"
 
 mib() {  # bytes -> MiB, 1 decimal

@@ -7,7 +7,8 @@ Only in a clone of the repository (scripts/ is not installed); ``dcac train`` ta
 import argparse
 import sys
 
-from dcac_cli import add_launcher_arguments, main as dcac_main
+from dcac_cli import add_launcher_arguments
+from dcac_cli import main as dcac_main
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -36,7 +36,8 @@ def data_root(tmp_path_factory):
 def baseline_run(data_root, tmp_path_factory):
     """A finished one-epoch run of the tiny baseline on synthetic_a (64 identities): config.yaml,
     results.json, encoder, checkpoints, events, log. Shared read-only: tests that change a run copy it."""
-    from dcac_plugin.cli import demo_config_path, main
+    from dcac_config.shipped import demo_config_path
+    from dcac_plugin.cli import main
 
     save_dir = str(tmp_path_factory.mktemp("baseline-run") / "run")
     assert main(["train", "--config-file", demo_config_path("baseline"), "--root", data_root, "data.save_dir",
@@ -56,7 +57,7 @@ def hub_cache(tmp_path, monkeypatch):
     """An empty Hugging Face hub cache in use for this test, and the hub probe forgotten."""
     import huggingface_hub
 
-    from dcac_plugin import hub
+    from dcac_plugin.utils import hub
 
     cache = tmp_path / "hf-hub"
     cache.mkdir()
@@ -77,7 +78,8 @@ def one_error_line(capsys) -> str:
 def train_error(tmp_path, capsys, *opts: str, config: str = "") -> str:
     """The message ``dcac train`` (default config: demo_baseline) fails with, after checking that it
     failed before any work: exit status 2, one line, no traceback, nothing written."""
-    from dcac_plugin.cli import demo_config_path, main
+    from dcac_config.shipped import demo_config_path
+    from dcac_plugin.cli import main
 
     config = config or demo_config_path("baseline")
     save_dir = tmp_path / "run"
@@ -140,10 +142,10 @@ def make_engine(tiny_sd, amp="off", *opts, use_gpu=False):
     import torch
     from torchreid import models
 
-    from dcac_plugin.cli import demo_config_path
-    from dcac_plugin.config import build_config
+    from dcac_config.shipped import demo_config_path
+    from dcac_config.loading import build_config
     from dcac_plugin.engines.dcac import DCACEngine, build_diffusion_feedback
-    from dcac_plugin.launcher import apply_speed_options
+    from dcac_plugin.run.launcher import apply_speed_options
 
     torch.manual_seed(0)
     cfg = build_config(demo_config_path("dcac"), ["dcac.diffusion.pretrained", tiny_sd, "train.amp", amp, *opts])

@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from dcac_plugin.checkpoint import CheckpointError, load_checkpoint
-from dcac_plugin.cli import demo_config_path, main
-from dcac_plugin.config import ConfigError, build_config
+from dcac_config.errors import ConfigError
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.cli import main
 from dcac_plugin.data.loaders import train_items
 from dcac_plugin.data.synthetic import ensure_synthetic_dataset
 from dcac_plugin.engines.common import NonFiniteLossError
-from dcac_plugin.launcher import build_datamanager, prepare
+from dcac_plugin.run.launcher import build_datamanager, prepare
+from dcac_plugin.utils.checkpoint import CheckpointError, load_checkpoint
 
 
 def train(*args):

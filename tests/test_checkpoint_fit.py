@@ -9,11 +9,11 @@ import pytest
 import torch
 import torchreid
 
-from dcac_plugin.checkpoint import (CheckpointError, atomic_save, check_resumable, export_encoder, find_weights,
-                                    load_checkpoint, load_model_weights, model_state_dict)
-from dcac_plugin.cli import demo_config_path
-from dcac_plugin.config import build_config
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path
 from dcac_plugin.models import clip_vit_tiny
+from dcac_plugin.utils.checkpoint import (CheckpointError, atomic_save, check_resumable, export_encoder, find_weights,
+                                          load_checkpoint, load_model_weights, model_state_dict)
 
 
 def clip_tiny(num_classes, img_size=(128, 64), seed=0):

@@ -17,30 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import train_error
+from dataset_writers import (write_cuhk02, write_cuhk03_mat, write_cuhksysu, write_dukemtmcreid, write_grid,
+                             write_ilids, write_market1501, write_prid, write_viper)
 from torchreid import data as reid_data
 
-from conftest import train_error
-from dataset_writers import (
-    write_cuhk02,
-    write_cuhk03_mat,
-    write_cuhksysu,
-    write_dukemtmcreid,
-    write_grid,
-    write_ilids,
-    write_market1501,
-    write_prid,
-    write_viper,
-)
+from dcac_config.generators.protocols import CLASSICAL_SOURCES, CLASSICAL_TARGETS, paper_variant
+from dcac_config.generators.rendering import PAPER_CONFIG_DIR
+from dcac_config.layouts import EXPECTED_LAYOUTS, DatasetLayoutError, check_dataset_layout
+from dcac_config.loading import build_config
+from dcac_config.shipped import shipped_run_lists
 from dcac_plugin.cli import main
-from dcac_plugin.config import build_config
-from dcac_plugin.data.layouts import EXPECTED_LAYOUTS, DatasetLayoutError, check_dataset_layout
 from dcac_plugin.data.random_splits import STANDARD_SPLIT_IDS, split_key
 from dcac_plugin.data.stable_labels import CUHK02StableLabels, CUHKSYSUStableLabels
 from dcac_plugin.evaluation import mean_over_splits
-from dcac_plugin.launcher import build_datamanager
-from dcac_plugin.paper_configs import PAPER_CONFIG_DIR
-from dcac_plugin.protocols import CLASSICAL_SOURCES, CLASSICAL_TARGETS, paper_variant
-from dcac_plugin.shipped import shipped_run_lists
+from dcac_plugin.run.launcher import build_datamanager
 
 SOURCES = ["market1501", "dukemtmcreid", "cuhk02", "cuhk03", "cuhksysu"]  # the authors' order, written out
 TARGETS = ["ilids", "prid", "grid", "viper"]
@@ -283,7 +274,7 @@ def test_dcac_trains_on_the_five_sources_and_reports_the_mean_over_viper_splits(
         in log
     assert f"** viper: mean over its 10 splits ** mAP: {viper['mAP']:.1%}, Rank-1: {viper['rank1']:.1%}" in log
     # trained on the 27 identities of the five sources' training splits
-    from dcac_plugin.checkpoint import load_checkpoint
+    from dcac_plugin.utils.checkpoint import load_checkpoint
     assert load_checkpoint(str(run / "model" / "latest.pth.tar"))["state_dict"]["classifier.weight"].shape[0] == 27
 
     with open(out / "results.csv", encoding="utf-8", newline="") as handle:

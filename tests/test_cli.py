@@ -10,14 +10,14 @@ import pytest
 from PIL import Image
 
 import dcac_cli
-from dcac_cli.choices import AMP_CHOICES, BENCH_SCHEDULES, CONFIG_KEYS, CONFIG_SECTIONS, DEMO_RUN_SUMMARIES, DEMO_RUNS, ENGINE_SUMMARIES, RUN_LISTS
+from dcac_cli.choices import (AMP_CHOICES, BENCH_SCHEDULES, CONFIG_KEYS, CONFIG_SECTIONS, DEMO_RUN_SUMMARIES, DEMO_RUNS,
+                              ENGINE_SUMMARIES, RUN_LISTS)
 from dcac_cli.dispatch import command_handler
-from dcac_plugin import performance
+from dcac_config.defaults import get_default_config
+from dcac_config.shipped import demo_config_path, shipped_configs, shipped_run_lists
 from dcac_plugin.benchmarks import train_bench
-from dcac_plugin.cli import demo_config_path
-from dcac_plugin.config import get_default_config
 from dcac_plugin.registry import ENGINES
-from dcac_plugin.shipped import shipped_configs, shipped_run_lists
+from dcac_plugin.speed import performance
 
 HEAVY = {"torch", "torchreid", "diffusers", "open_clip", "dcac_plugin"}
 
@@ -228,12 +228,12 @@ def test_user_errors_end_in_one_form(case, tmp_path, one_image, monkeypatch, cap
 
 
 def test_failed_runs_of_a_list_exit_1_in_the_same_form(tmp_path, monkeypatch, capsys):
-    import dcac_plugin.launcher
+    import dcac_plugin.run.launcher
 
     def failing_run(cfg):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(dcac_plugin.launcher, "run", failing_run)
+    monkeypatch.setattr(dcac_plugin.run.launcher, "run", failing_run)
     code = dcac_cli.main(["experiments", "--out", str(tmp_path), "--keep-going", demo_config_path("baseline")])
     err = capsys.readouterr().err
     assert code == 1

@@ -4,10 +4,10 @@ import os
 import huggingface_hub
 import open_clip
 import pytest
-import torch
-
 import sd_release
+import torch
 from conftest import refuse_download
+
 from dcac_plugin.models.clip_weights import ClipWeightsError, read_clip_visual_weights, resolve_clip_weights_file
 
 OPENAI_HUB_REPO = "timm/vit_base_patch16_clip_224.openai"  # open_clip's hf_hub entry for ViT-B-16 / openai

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dcac_plugin.cli import main
-from dcac_plugin.conditioning import CONDITION_MODES, ConditionNet, CorrelationAwareCondition
 from dcac_plugin.diffusion import (DiffusionDenoiser, apply_finetune_mode, load_diffusion_components,
                                    save_tiny_stable_diffusion)
+from dcac_plugin.diffusion.conditioning import CONDITION_MODES, ConditionNet, CorrelationAwareCondition
 from dcac_plugin.models.clip_reid import clip_vit_tiny
 
 

@@ -1,8 +1,10 @@
 import pytest
 import yaml
 
-from dcac_plugin.config import ConfigError, build_config, get_default_config
-from dcac_plugin.launcher import check_config
+from dcac_config.defaults import get_default_config
+from dcac_config.errors import ConfigError
+from dcac_config.loading import build_config
+from dcac_plugin.run.launcher import check_config
 
 
 def write(tmp_path, content: dict, name="cfg.yaml"):
@@ -111,10 +113,10 @@ def shipped_configs():
     import glob
     import os
 
-    import dcac_plugin
+    import dcac_config
 
     # The repository's configs/ is the package's configs/paper/.
-    package = os.path.join(os.path.dirname(dcac_plugin.__file__), "configs")
+    package = os.path.join(os.path.dirname(dcac_config.__file__), "configs")
     return sorted(glob.glob(os.path.join(package, "**", "*.yaml"), recursive=True))
 
 

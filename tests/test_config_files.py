@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from dcac_config.loading import build_config, load_config_file
 from dcac_plugin.cli import main
-from dcac_plugin.config import build_config, load_config_file
 
 
 def config_error(capsys, path) -> str:

@@ -3,13 +3,12 @@ product on the CPU give the convolution's outputs and input gradients, and a dca
 same losses and gradients as oneDNN's convolutions."""
 import pytest
 import torch
+from conftest import make_engine, one_dcac_step
 from torch import nn
 
-from dcac_plugin import cpu_convolution
-from dcac_plugin.cpu_convolution import (MAX_MATRIX_PRODUCT_ROWS, MatrixProductConv2d,
-                                         use_matrix_product_convolutions)
-
-from conftest import make_engine, one_dcac_step
+from dcac_plugin.speed import cpu_convolution
+from dcac_plugin.speed.cpu_convolution import (MAX_MATRIX_PRODUCT_ROWS, MatrixProductConv2d,
+                                               use_matrix_product_convolutions)
 
 
 @pytest.fixture

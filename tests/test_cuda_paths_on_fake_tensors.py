@@ -49,13 +49,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Set, Tuple
 
+import fake_cuda
 import pytest
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_leaves
 
-import fake_cuda
 from dcac_plugin.benchmarks.step import TrainingStep, benchmark_config, build_training_step
 
 NUM_CLASSES = 751  # Market-1501's training identities, the default `dcac stats` plans for

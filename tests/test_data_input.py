@@ -17,23 +17,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchreid import data as reid_data
 
-from dcac_plugin.data import layouts
-from dcac_plugin.data.images import (
-    ImageReadError,
-    check_image,
-    drop_unreadable,
-    format_unreadable,
-    read_image_checked,
-    scan_images,
-)
-from dcac_plugin.data.layouts import (
-    EXPECTED_LAYOUTS,
-    DatasetLayout,
-    DatasetLayoutError,
-    check_dataset_layout,
-    check_datasets,
-    register_layout,
-)
+from dcac_config import layouts
+from dcac_config.layouts import (EXPECTED_LAYOUTS, DatasetLayout, DatasetLayoutError, check_dataset_layout,
+                                 check_datasets, register_layout)
+from dcac_plugin.data.images import (ImageReadError, check_image, drop_unreadable, format_unreadable,
+                                     read_image_checked, scan_images)
 
 IMAGE_FIX = "remove or replace the file, or set data.skip_corrupt_images True to skip unreadable images"
 LAYOUT_FIX = "Fix: put the dataset there or pass --root / set data.root."

@@ -16,25 +16,20 @@ from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import pytest
+from dataset_writers import (Expected, write_cuhk03_mat, write_cuhk03_np, write_dukemtmcreid, write_market1501,
+                             write_msmt17_folder, write_msmt17_lists)
 from torchreid import data as reid_data
 
-from dataset_writers import (
-    Expected,
-    write_cuhk03_mat,
-    write_cuhk03_np,
-    write_dukemtmcreid,
-    write_market1501,
-    write_msmt17_folder,
-    write_msmt17_lists,
-)
-from dcac_plugin.cli import demo_config_path, main
-from dcac_plugin.config import build_config
+from dcac_config.generators.protocols import SAME_DOMAIN
+from dcac_config.layouts import DatasetFileNameError, DatasetLayoutError, check_dataset_layout
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.cli import main
 from dcac_plugin.data.datasets import EXTRA_DATASETS
-from dcac_plugin.data.layouts import DatasetFileNameError, DatasetLayoutError, check_dataset_layout
 from dcac_plugin.data.msmt17 import MSMT17TrainVal, msmt17_train_with_val
-from dcac_plugin.launcher import build_datamanager
-from dcac_plugin.protocols import SAME_DOMAIN
-from dcac_plugin.registration import image_dataset_table, register_all
+from dcac_plugin.registration import register_all
+from dcac_plugin.run.launcher import build_datamanager
+from dcac_plugin.utils.toolbox_tables import image_dataset_table
 
 # case: (registered name, writer, torchreid kwargs,
 #        (train ids, train images, train cameras, query images, gallery images))

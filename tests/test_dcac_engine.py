@@ -4,18 +4,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import fixed_dcac_batch, make_engine
 from safetensors.torch import load_file
-
 from torchreid import models
 
-from dcac_plugin.checkpoint import load_checkpoint, load_encoder
-from dcac_plugin.cli import demo_config_path, main
-from dcac_plugin.config import build_config
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.cli import main
 from dcac_plugin.diffusion import save_tiny_stable_diffusion
 from dcac_plugin.engines.dcac import DCACEngine, build_diffusion_feedback
-from dcac_plugin.launcher import prepare
-
-from conftest import fixed_dcac_batch, make_engine
+from dcac_plugin.run.launcher import prepare
+from dcac_plugin.utils.checkpoint import load_checkpoint, load_encoder
 
 
 @pytest.fixture(scope="module")

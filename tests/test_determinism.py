@@ -9,11 +9,13 @@ import pytest
 import torch
 from conftest import make_engine, one_dcac_step, train_error
 
-from dcac_plugin import launcher
-from dcac_plugin.cli import demo_config_path
-from dcac_plugin.config import ConfigError, build_config, get_default_config
-from dcac_plugin.determinism import (CUBLAS_WORKSPACE_CONFIG, determinism_errors_explained, enable_determinism,
-                                     explain_determinism_error, restored_determinism)
+from dcac_config.defaults import get_default_config
+from dcac_config.errors import ConfigError
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.run import launcher
+from dcac_plugin.run.determinism import (CUBLAS_WORKSPACE_CONFIG, determinism_errors_explained, enable_determinism,
+                                         explain_determinism_error, restored_determinism)
 
 cudnn = torch.backends.cudnn
 

@@ -18,8 +18,7 @@ import pytest
 import torch
 
 import dcac_cli
-from dcac_plugin import device_check
-from dcac_plugin.benchmarks import eval_bench
+from dcac_plugin.benchmarks import device_check, eval_bench
 from dcac_plugin.benchmarks.eval_bench import SplitShape
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -419,7 +418,7 @@ def test_a_good_command_passes_each_check_it_names():
 
 
 TORCHRUN_FAILURE = """[rank0]: Traceback (most recent call last):
-[rank0]:   File "dcac_plugin/launcher.py", line 1, in run
+[rank0]:   File "dcac_plugin/run/launcher.py", line 1, in run
 [rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB
 E1203 12:00:00 torch/distributed/elastic/multiprocessing/api.py:1 failed (exitcode: 1) local_rank: 0
 Traceback (most recent call last):

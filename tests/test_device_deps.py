@@ -15,7 +15,7 @@ import zipfile
 
 from test_device_check import GPU_STEPS, run_script
 
-from dcac_plugin import device_check
+from dcac_plugin.benchmarks import device_check
 
 HELPER = device_check.__file__
 # Meta-path finder put first by sitecustomize: the named modules' imports raise as given, although
@@ -174,7 +174,7 @@ def test_the_script_installs_the_carried_wheels_checks_every_dependency_then_run
     deps = dependencies["figures"]
     assert deps["ok"] is True and deps["pythonpath"].split(os.pathsep)[0] == site
     versions = {entry["package"]: entry["version"] for entry in deps["packages"]}
-    assert versions["torch"] == torch_version() and versions["dcac_plugin"] == "0.1.0"
+    assert versions["torch"] == torch_version() and versions["dcac_plugin"] == "0.2.0"
     assert all(versions.values()), versions
 
 

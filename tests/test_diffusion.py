@@ -10,27 +10,12 @@ from diffusers import DDPMScheduler
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 
-from dcac_plugin.diffusion import (
-    DEFAULT_PRETRAINED,
-    FINETUNE_MODES,
-    LORA_TARGET_MODULES,
-    DiffusionDenoiser,
-    DiffusionWeightsError,
-    apply_finetune_mode,
-    build_diffusion_architecture,
-    check_noise_schedule,
-    count_parameters,
-    denoising_loss,
-    load_diffusion_components,
-    load_diffusion_configs,
-    load_trainable_state_dict,
-    noisy_latents,
-    posterior_parameters,
-    sample_from_posterior,
-    sample_latents,
-    save_tiny_stable_diffusion,
-    trainable_state_dict,
-)
+from dcac_plugin.diffusion import (DEFAULT_PRETRAINED, FINETUNE_MODES, LORA_TARGET_MODULES, DiffusionDenoiser,
+                                   DiffusionWeightsError, apply_finetune_mode, build_diffusion_architecture,
+                                   check_noise_schedule, count_parameters, denoising_loss, load_diffusion_components,
+                                   load_diffusion_configs, load_trainable_state_dict, noisy_latents,
+                                   posterior_parameters, sample_from_posterior, sample_latents,
+                                   save_tiny_stable_diffusion, trainable_state_dict)
 
 SD15_UNET_PARAMS = 859_520_964
 SD15_VAE_PARAMS = 83_653_863

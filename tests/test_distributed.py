@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 import torch
 
-from dcac_plugin.checkpoint import load_checkpoint
-from dcac_plugin.cli import demo_config_path
+from dcac_config.shipped import demo_config_path
 from dcac_plugin.data.samplers import DistributedIdentitySampler, build_train_sampler
+from dcac_plugin.utils.checkpoint import load_checkpoint
 
 # 30 identities with 3 to 9 images each (index -> pid).
 ITEMS = [(f"img{pid}_{k}.jpg", pid, k % 2, 0) for pid in range(30) for k in range(3 + pid % 7)]
@@ -120,8 +120,8 @@ def test_torchrun_resume_matches_an_uninterrupted_two_process_run_bitwise(data_r
 
 
 def test_processes_get_their_local_ranks_gpu_and_gloo_shares_gpus_where_there_are_fewer():
-    from dcac_plugin.distributed import process_gpu
-    from dcac_plugin.errors import UsageError
+    from dcac_config.errors import UsageError
+    from dcac_plugin.utils.distributed import process_gpu
 
     assert [process_gpu(rank, 4, "nccl") for rank in range(4)] == [0, 1, 2, 3]
     # Two processes on a one-GPU machine (the device check's DDP run): gloo puts both on GPU 0.

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 import dcac_cli
-from dcac_plugin.cli import demo_config_path
-from dcac_plugin.config import build_config
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path
 from dcac_plugin.data.images import read_image_checked
 from dcac_plugin.data.synthetic import ensure_synthetic_dataset
-from dcac_plugin.extract import load_features
+from dcac_plugin.tools.extract import load_features
 
 ORIENTATION = 0x0112
 
@@ -89,7 +89,7 @@ def test_gradcam_rows_of_a_sideways_image_and_its_upright_copy_are_the_same(base
     pixels = upright_pixels()
     upright = save_with_orientation(pixels, tmp_path / "upright.png", 1)
     sideways = save_with_orientation(pixels, tmp_path / "sideways.png", 6)
-    from dcac_plugin.visualize import save_gradcam_grid
+    from dcac_plugin.tools.visualize import save_gradcam_grid
 
     out = save_gradcam_grid(baseline_run, [upright, sideways], 3, str(tmp_path / "cam.png"))
     grid = np.asarray(Image.open(out))
@@ -100,7 +100,7 @@ def test_gradcam_rows_of_a_sideways_image_and_its_upright_copy_are_the_same(base
 def test_training_and_test_loaders_read_upright(data_root, tmp_path):
     """torchreid builds the datasets; the loaders the run uses read through read_image_checked,
     not torchreid's read_image, in training and in the query/gallery passes alike."""
-    from dcac_plugin.launcher import build_datamanager
+    from dcac_plugin.run.launcher import build_datamanager
 
     ensure_synthetic_dataset(data_root, "synthetic_a")
     root = tmp_path / "data"

@@ -10,18 +10,19 @@ from collections import Counter
 
 import pytest
 import torch
+from tree_guard import digests as file_digests
 
 from dcac_cli import build_parser
 from dcac_cli.dispatch import command_handler
-from dcac_plugin.checkpoint import load_checkpoint, model_state_dict
-from dcac_plugin.cli import demo_config_path
-from dcac_plugin.conditioning import CONDITION_MODES, CONDITION_TRANSFORMS
-from dcac_plugin.config import ConfigError, build_config
+from dcac_config.errors import ConfigError
+from dcac_config.generators.protocols import DATASETS, lora_rank_for, paper_variant
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path, shipped_run_lists
 from dcac_plugin.diffusion.adaptation import FINETUNE_MODES
-from dcac_plugin.experiments import collect, load_paper_results, read_run_list, run_dir, run_experiments, run_status
-from dcac_plugin.protocols import DATASETS, lora_rank_for, paper_variant
-from dcac_plugin.shipped import shipped_run_lists
-from tree_guard import digests as file_digests
+from dcac_plugin.diffusion.conditioning import CONDITION_MODES, CONDITION_TRANSFORMS
+from dcac_plugin.tools.experiments import (collect, load_paper_results, read_run_list, run_dir, run_experiments,
+                                           run_status)
+from dcac_plugin.utils.checkpoint import load_checkpoint, model_state_dict
 
 TINY = ["train.max_epoch", "1", "train.print_freq", "100"]
 RUNS = ("demo_baseline", "demo_softmax")
@@ -208,10 +209,10 @@ def test_done_runs_of_other_settings_stop_the_list_before_any_run(two_done, monk
     """Rerun with other overrides, the old runs are not this setting's results: refused, naming
     the keys and both values, and the two ways on; nothing in the folder changes."""
     import dcac_cli
-    import dcac_plugin.launcher
+    import dcac_plugin.run.launcher
 
     first, second, out = two_done
-    monkeypatch.setattr(dcac_plugin.launcher, "run", refuse_runs)
+    monkeypatch.setattr(dcac_plugin.run.launcher, "run", refuse_runs)
     before = file_digests(out)
     code = dcac_cli.main(["experiments", "--out", str(out), first, second, "train.lr", "0.5",
                           "dcac.pcl.temperature", "0.9"])

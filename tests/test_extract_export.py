@@ -11,12 +11,12 @@ from PIL import Image
 
 from dcac_cli import build_parser
 from dcac_cli.dispatch import command_handler
-from dcac_plugin.checkpoint import CheckpointError, export_encoder
-from dcac_plugin.config import build_config
-from dcac_plugin.export import export_onnx, export_torchscript, verify_onnx
-from dcac_plugin.extract import eval_transform, extract_features, load_features
+from dcac_config.loading import build_config
+from dcac_plugin.tools.export import export_onnx, export_torchscript, verify_onnx
+from dcac_plugin.tools.extract import eval_transform, extract_features, load_features
+from dcac_plugin.utils.checkpoint import CheckpointError, export_encoder
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "dcac_plugin", "configs", "demo_baseline.yaml")
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "dcac_config", "configs", "demo_baseline.yaml")
 HEIGHT, WIDTH, DIM = 128, 64, 64  # demo_baseline's input size; clip_vit_tiny's feature width
 
 

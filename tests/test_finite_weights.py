@@ -6,14 +6,14 @@ import shutil
 
 import pytest
 import torch
+from conftest import one_error_line
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from tree_guard import digests
 
 import dcac_cli
-from conftest import one_error_line
-from dcac_plugin.checkpoint import CheckpointError, load_checkpoint, load_encoder, non_finite_tensors
-from dcac_plugin.cli import demo_config_path
-from tree_guard import digests
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.utils.checkpoint import CheckpointError, load_checkpoint, load_encoder, non_finite_tensors
 
 
 def file_digests(folder):

@@ -365,9 +365,9 @@ def test_on_a_gpu_the_planned_steps_are_set_against_its_memory(monkeypatch):
     """Each step alone (sequential, the GPU default) against the GPU's total memory, named."""
     from types import SimpleNamespace
 
+    from dcac_config.errors import UsageError
     from dcac_plugin.benchmarks import devices, train_bench
     from dcac_plugin.benchmarks.memory_plan import MemoryPlan
-    from dcac_plugin.errors import UsageError
 
     monkeypatch.setattr(devices.torch.cuda, "get_device_properties",
                         lambda dev: SimpleNamespace(total_memory=80 * 2**30, name="NVIDIA A100-SXM4-80GB"))

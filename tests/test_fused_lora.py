@@ -3,14 +3,13 @@ peft's outputs and gradients, keep peft's forward wherever it computes anything 
 dcac step the same losses and gradients as peft's layers."""
 import pytest
 import torch
+from conftest import make_engine, one_dcac_step
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
-from dcac_plugin.diffusion import fused_lora
-from dcac_plugin.diffusion.fused_lora import FusedLoraLinear, use_fused_lora
-
-from conftest import make_engine, one_dcac_step
+from dcac_plugin.speed import fused_lora
+from dcac_plugin.speed.fused_lora import FusedLoraLinear, use_fused_lora
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import pytest
 import torch
 import yaml
 
-from dcac_plugin.cli import demo_config_path, main
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,7 +99,7 @@ def test_demo_prints_and_writes_the_results_table(data_root, tmp_path, capsys):
 
 
 def test_training_logs_every_loss_term_and_each_evaluation_once_to_tensorboard(trained_run):
-    from dcac_plugin.visualize.curves import plot_training_curves, read_scalars
+    from dcac_plugin.tools.visualize.curves import plot_training_curves, read_scalars
 
     scalars = read_scalars(trained_run)
     assert {"Train/loss_id", "Train/loss_pcl", "Train/loss", "Train/lr"} <= set(scalars)
@@ -114,7 +115,7 @@ def test_training_logs_every_loss_term_and_each_evaluation_once_to_tensorboard(t
 
 
 def test_a_real_run_trains_each_epoch_at_the_authors_warm_up_rate(trained_run):
-    from dcac_plugin.visualize.curves import read_scalars
+    from dcac_plugin.tools.visualize.curves import read_scalars
 
     # demo_baseline: lr 0.001, 2 warm-up epochs from 0.1x. The authors' scheduler, stepped with
     # the 1-based epoch before it: epoch 1 at 0.001 x (0.1 x 0.5 + 0.5), epoch 2 at the full rate.

@@ -16,11 +16,12 @@ import torch
 from torch import nn
 from torchreid import engine as reid_engine
 
-from dcac_plugin.checkpoint import atomic_save, load_checkpoint
-from dcac_plugin.config import build_config, device_kwargs
+from dcac_config.loading import build_config
 from dcac_plugin.engines.common import RunRecordMixin, checkpoint_paths
-from dcac_plugin.launcher import resume
-from dcac_plugin.optim import WarmupMultiStepLR, build_optimizer, build_scheduler, warmup_multi_step_factor
+from dcac_plugin.engines.toolbox_kwargs import device_kwargs
+from dcac_plugin.run.launcher import resume
+from dcac_plugin.run.optim import WarmupMultiStepLR, build_optimizer, build_scheduler, warmup_multi_step_factor
+from dcac_plugin.utils.checkpoint import atomic_save, load_checkpoint
 
 EPOCHS = 60
 # Epoch 1..60 of the paper recipe, as the authors' runs train them: 5e-6 x (0.1 + 0.9 e / 10)

@@ -140,7 +140,7 @@ def test_stats_parameters_only_skips_the_plan(capsys):
 ], ids=["batch-1", "batch-huge", "classes-0", "classes-negative", "classes-huge", "gpu-0", "gpu-nan", "gpu-inf",
         "amp"])
 def test_stats_refuses_bad_plan_options_before_any_work(argv, expected, capsys, monkeypatch):
-    from dcac_plugin import stats
+    from dcac_plugin.benchmarks import stats
 
     monkeypatch.setattr(stats, "parameter_stats", lambda *a, **k: pytest.fail("work started"))
     try:

@@ -1,7 +1,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from torchreid import models, utils
 
 from dcac_plugin.models.clip_reid import (ClipReID, ClipWeightsError, ReIDOutput, build_clip_visual,

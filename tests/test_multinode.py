@@ -14,8 +14,8 @@ from collections import defaultdict
 
 import pytest
 
-from dcac_plugin.cli import demo_config_path
-from dcac_plugin.preparation import PROBE_PREFIX, nearest_existing_folder, preparation_rounds
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.utils.preparation import PROBE_PREFIX, nearest_existing_folder, preparation_rounds
 
 AUDITED_CLI = '''
 import os, sys

@@ -16,16 +16,17 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
-
-import dcac_plugin.inference
-from dcac_plugin import launcher
-from dcac_plugin.cli import demo_config_path, main
-from dcac_plugin.config import build_config
-from dcac_plugin.extract import load_features
-from dcac_plugin.launcher import check_epochs, run
-from dcac_plugin.run_lock import LOCK_NAME, read_owner
-from dcac_plugin.save_dir import continues_run, run_outputs
 from tree_guard import digests
+
+import dcac_plugin.tools.inference
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.cli import main
+from dcac_plugin.run import launcher
+from dcac_plugin.run.launcher import check_epochs, run
+from dcac_plugin.run.run_lock import LOCK_NAME, read_owner
+from dcac_plugin.run.save_dir import continues_run, run_outputs
+from dcac_plugin.tools.extract import load_features
 
 
 def train(save_dir, *args) -> int:
@@ -272,7 +273,7 @@ def refuse_model_loading(*args, **kwargs):
 
 @pytest.fixture
 def no_model_loading(monkeypatch):
-    monkeypatch.setattr(dcac_plugin.inference, "load_trained_model", refuse_model_loading)
+    monkeypatch.setattr(dcac_plugin.tools.inference, "load_trained_model", refuse_model_loading)
 
 
 @pytest.fixture
@@ -296,7 +297,7 @@ def test_extract_refuses_an_existing_output_then_replaces_it_when_asked(
         trained_run, images, tmp_path, monkeypatch, capsys):
     output = users_file(tmp_path / "features.safetensors")
     with monkeypatch.context() as patch:
-        patch.setattr(dcac_plugin.inference, "load_trained_model", refuse_model_loading)
+        patch.setattr(dcac_plugin.tools.inference, "load_trained_model", refuse_model_loading)
         assert main(["extract", trained_run, images, "--output", output, "--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert f"dcac: error: {output} already exists; this command would overwrite it." in err

@@ -8,7 +8,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
-from dcac_plugin import device_check
+from dcac_plugin.benchmarks import device_check
 
 WHEELS_SCRIPT = os.path.join(device_check.REPO_ROOT, "scripts", "device_wheels.sh")
 

@@ -5,9 +5,10 @@ import os
 
 import pytest
 
-from dcac_plugin.config import build_config
-from dcac_plugin.paper_configs import PAPER_CONFIG_DIR, render_paper_configs
-from dcac_plugin.protocols import DATASETS, paper_variant
+from dcac_config.generators.paper import render_paper_configs
+from dcac_config.generators.protocols import DATASETS, paper_variant
+from dcac_config.generators.rendering import PAPER_CONFIG_DIR
+from dcac_config.loading import build_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The paper's own configs (the toolbox group, torchreid's models, has tests/test_toolbox_models.py; the

@@ -1,16 +1,15 @@
 import pytest
 import torch
+from conftest import fixed_dcac_batch, make_engine, one_dcac_step
 
-from dcac_plugin.config import build_config
+from dcac_config.errors import ConfigError
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path
 from dcac_plugin.engines import baseline as baseline_module
 from dcac_plugin.engines.baseline import BaselineEngine
 from dcac_plugin.losses.pcl import prototypical_contrastive_loss
-from dcac_plugin.launcher import check_config, resume
-from dcac_plugin.performance import autocast, grad_scaler, resolve_amp
-from dcac_plugin.cli import demo_config_path
-from dcac_plugin.config import ConfigError
-
-from conftest import fixed_dcac_batch, make_engine, one_dcac_step
+from dcac_plugin.run.launcher import check_config, resume
+from dcac_plugin.speed.performance import autocast, grad_scaler, resolve_amp
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,9 @@
 import os
 import re
 
-from dcac_plugin.config import build_config
-from dcac_plugin.experiments import load_paper_results
-from dcac_plugin.paper_configs import PAPER_CONFIG_DIR
+from dcac_config.generators.rendering import PAPER_CONFIG_DIR
+from dcac_config.loading import build_config
+from dcac_plugin.tools.experiments import load_paper_results
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 ROW = re.compile(r"^\| Table (\d) \| [^|]+ \| `([\w/]+)` \| ([^|]+) \| ([^|]+) \|$")

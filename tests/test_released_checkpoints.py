@@ -14,15 +14,15 @@ from typing import Dict
 
 import pytest
 import torch
-
 from conftest import train_error
 from dataset_writers import write_cuhk03_mat, write_dukemtmcreid, write_market1501, write_msmt17_lists
-from dcac_plugin.checkpoint import load_model_weights
+
+from dcac_config.loading import build_config
+from dcac_config.shipped import shipped_run_lists
 from dcac_plugin.cli import main
-from dcac_plugin.config import build_config
-from dcac_plugin.experiments import collect, load_paper_results, read_run_list
 from dcac_plugin.models.clip_reid import clip_vit_tiny
-from dcac_plugin.shipped import shipped_run_lists
+from dcac_plugin.tools.experiments import collect, load_paper_results, read_run_list
+from dcac_plugin.utils.checkpoint import load_model_weights
 
 # The authors' file names (their README's Checkpoints table) and what each was trained on.
 RELEASED = {

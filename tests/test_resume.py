@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
-from dcac_plugin import distributed
-from dcac_plugin.cli import demo_config_path
-from dcac_plugin.checkpoint import load_checkpoint
+from dcac_config.shipped import demo_config_path
 from dcac_plugin.engines.common import RunRecordMixin
-from dcac_plugin.rng import capture_rng_state, preserved_rng, restore_rng_state
+from dcac_plugin.utils import distributed
+from dcac_plugin.utils.checkpoint import load_checkpoint
+from dcac_plugin.utils.rng import capture_rng_state, preserved_rng, restore_rng_state
 
 EPOCHS = 2
 

@@ -6,15 +6,16 @@ import shutil
 
 import pytest
 import torch
+from conftest import one_error_line
+from tree_guard import digests as file_digests
 
 import dcac_cli
-from conftest import one_error_line
-from dcac_plugin.checkpoint import load_checkpoint
-from dcac_plugin.cli import demo_config_path
-from dcac_plugin.config import ConfigError, build_config
-from dcac_plugin.optim import build_scheduler
-from dcac_plugin.resumption import apply_learning_rates, asked_learning_rates, epochs_left
-from tree_guard import digests as file_digests
+from dcac_config.errors import ConfigError
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.run.optim import build_scheduler
+from dcac_plugin.run.resumption import apply_learning_rates, asked_learning_rates, epochs_left
+from dcac_plugin.utils.checkpoint import load_checkpoint
 
 
 def train(data_root, *opts, config="baseline"):

@@ -7,18 +7,18 @@ its folder never passes for a run.
 import os
 
 import pytest
-
 from torchreid import data as reid_data
 
-from dcac_plugin.checkpoint import CheckpointError
-from dcac_plugin.cli import demo_config_path, main
-from dcac_plugin.config import build_config
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.cli import main
 from dcac_plugin.data.transforms import build_reid_transforms, describe_transforms
 from dcac_plugin.data.views import TwoViewTransform
-from dcac_plugin.experiments import run_status
-from dcac_plugin.inference import load_trained_model
-from dcac_plugin.launcher import build_datamanager
-from dcac_plugin.swap import swapped
+from dcac_plugin.run.launcher import build_datamanager
+from dcac_plugin.tools.experiments import run_status
+from dcac_plugin.tools.inference import load_trained_model
+from dcac_plugin.utils.checkpoint import CheckpointError
+from dcac_plugin.utils.swap import swapped
 
 TORCHREID_LIST = ("Building train transforms", "Building test transforms", "+ resize to", "+ random flip",
                   "+ random erase", "+ normalization")

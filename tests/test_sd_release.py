@@ -10,13 +10,14 @@ import os
 
 import huggingface_hub
 import pytest
-import torch
-
 import sd_release as release
+import torch
 from conftest import refuse_download
-from dcac_plugin import hub
-from dcac_plugin.diffusion import SD15_CONFIG_DIR, DiffusionWeightsError, check_noise_schedule, load_diffusion_components
+
+from dcac_plugin.diffusion import (SD15_CONFIG_DIR, DiffusionWeightsError, check_noise_schedule,
+                                   load_diffusion_components)
 from dcac_plugin.diffusion.components import sd15_betas
+from dcac_plugin.utils import hub
 
 
 @pytest.fixture(scope="module")
@@ -192,10 +193,10 @@ def test_unreachable_hub_is_probed_once_and_fails_without_retries(hub_cache, no_
 def test_a_dcac_run_says_what_it_was_built_from(release_folder, weights, data_root, tmp_path, capsys):
     """Built through the launcher from the published release: the log names the CLIP and SD
     sources, the U-Net copy, fine-tuning, condition, trainable counts, precision and cache."""
-    from dcac_plugin.cli import demo_config_path
-    from dcac_plugin.config import build_config
-    from dcac_plugin.launcher import prepare
+    from dcac_config.loading import build_config
+    from dcac_config.shipped import demo_config_path
     from dcac_plugin.models.clip_reid import build_clip_visual
+    from dcac_plugin.run.launcher import prepare
 
     clip_file = tmp_path / "clip.pt"
     torch.save(build_clip_visual("tiny").state_dict(), clip_file)  # a 14x14-grid tower, as CLIP's files

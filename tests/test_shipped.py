@@ -7,8 +7,9 @@ import re
 import pytest
 
 from dcac_cli import main
-from dcac_plugin.config import ConfigError, build_config
-from dcac_plugin.shipped import CONFIG_DIR, resolve_config, resolve_run_list, shipped_run_lists
+from dcac_config.errors import ConfigError
+from dcac_config.loading import build_config
+from dcac_config.shipped import CONFIG_DIR, resolve_config, resolve_run_list, shipped_run_lists
 
 NAME = "single/dcac_market1501_to_msmt17"
 PACKAGED = os.path.join(CONFIG_DIR, "paper", "single", "dcac_market1501_to_msmt17.yaml")

@@ -14,11 +14,12 @@ import signal
 
 import pytest
 from PIL import Image
-
-from dcac_plugin import atomic_files
-from dcac_plugin.cli import demo_config_path, main
-from dcac_plugin.engines.common import RunRecordMixin
 from test_no_overwrite import digests
+
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.cli import main
+from dcac_plugin.engines.common import RunRecordMixin
+from dcac_plugin.utils import atomic_files
 
 
 def train(save_dir, root, *opts) -> int:
@@ -114,12 +115,12 @@ def test_ctrl_c_before_the_first_checkpoint_leaves_only_the_log_and_the_same_com
 
 
 def test_ctrl_c_in_a_tool_says_nothing_was_written(baseline_run, data_root, tmp_path, monkeypatch, capsys):
-    import dcac_plugin.extract
+    import dcac_plugin.tools.extract
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dcac_plugin.extract, "extract_features", interrupted)
+    monkeypatch.setattr(dcac_plugin.tools.extract, "extract_features", interrupted)
     output = tmp_path / "gallery.safetensors"
     images = os.path.join(data_root, "synthetic_b", "query")
     assert main(["extract", baseline_run, images, "--output", str(output)]) == 130
@@ -288,7 +289,7 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(baseline_run, tm
     """Simulated (the tests may run as root, who writes anywhere): creating a file there is refused."""
     import tempfile
 
-    from dcac_plugin import outputs
+    from dcac_plugin.tools import outputs
 
     folder = tmp_path / "read-only"
     folder.mkdir()
@@ -310,7 +311,7 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(baseline_run, tm
 
 
 def test_an_unwritable_folder_met_while_writing_is_one_line(tmp_path, monkeypatch):
-    from dcac_plugin.errors import UsageError
+    from dcac_config.errors import UsageError
 
     def refused(*args, **kwargs):
         raise PermissionError(errno.EROFS, os.strerror(errno.EROFS))

@@ -15,16 +15,8 @@ import pytest
 from PIL import Image
 from torchreid import data as reid_data
 
-from dcac_plugin.data.synthetic import (
-    DOMAINS,
-    MARKER_NAME,
-    SYNTHETIC_DATASETS,
-    SyntheticA,
-    SyntheticB,
-    SyntheticSpec,
-    ensure_synthetic_dataset,
-    write_market_layout,
-)
+from dcac_plugin.data.synthetic import (DOMAINS, MARKER_NAME, SYNTHETIC_DATASETS, SyntheticA, SyntheticB, SyntheticSpec,
+                                        ensure_synthetic_dataset, write_market_layout)
 
 SMALL = SyntheticSpec(num_train_ids=8, images_per_train_id=6, num_test_ids=6, queries_per_test_id=2,
                       gallery_per_test_id=4, num_distractors=4, num_junk=2)

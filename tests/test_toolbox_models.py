@@ -13,21 +13,21 @@ import torch
 import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
-
 from torchreid import models
 
-from dcac_plugin.checkpoint import load_checkpoint, load_encoder
-from dcac_plugin.cli import demo_config_path, main
-from dcac_plugin.config import build_config
+from dcac_config.generators.protocols import SINGLE_SOURCE_PAIRS
+from dcac_config.generators.rendering import PAPER_CONFIG_DIR
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.cli import main
 from dcac_plugin.diffusion import save_tiny_stable_diffusion
 from dcac_plugin.engines.dcac import build_diffusion_feedback
-from dcac_plugin.inference import load_trained_model
-from dcac_plugin.launcher import check_config, prepare
 from dcac_plugin.models import ReIDOutput, ToolboxReID, build_toolbox_reid
-from dcac_plugin.paper_configs import PAPER_CONFIG_DIR
-from dcac_plugin.performance import resolve_amp
-from dcac_plugin.protocols import SINGLE_SOURCE_PAIRS
-from dcac_plugin.registration import model_factory
+from dcac_plugin.run.launcher import check_config, prepare
+from dcac_plugin.speed.performance import resolve_amp
+from dcac_plugin.tools.inference import load_trained_model
+from dcac_plugin.utils.checkpoint import load_checkpoint, load_encoder
+from dcac_plugin.utils.toolbox_tables import model_factory
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "torchreid_configs")
 TINY_RESNET_FEATURE = 96  # its fc layer: a feature dimension no other test model has
@@ -93,7 +93,7 @@ def test_feature_dimension_comes_from_the_real_size_model(name, dim):
 
 
 def test_torchreid_engines_still_get_the_model_as_torchreid_builds_it():
-    from dcac_plugin.launcher import build_model
+    from dcac_plugin.run.launcher import build_model
 
     cfg = build_config(demo_config_path("softmax"), [])
     model = build_model(cfg, 6, "softmax", use_gpu=False)
@@ -272,8 +272,8 @@ def test_demo_dcac_on_osnet_differs_from_the_softmax_demo_in_engine_only():
 
 
 def test_experiments_tables_give_toolbox_runs_no_paper_row():
-    from dcac_plugin.experiments import load_paper_results
-    from dcac_plugin.protocols import paper_variant
+    from dcac_config.generators.protocols import paper_variant
+    from dcac_plugin.tools.experiments import load_paper_results
 
     variants = {row["variant"] for row in load_paper_results()}
     for engine in ("softmax", "baseline", "dcac"):

@@ -9,13 +9,14 @@ import torch.nn.functional as F
 import torchreid
 from PIL import Image
 
-from dcac_plugin.checkpoint import CheckpointError, export_encoder, load_checkpoint, model_state_dict
-from dcac_plugin.cli import demo_config_path, main
-from dcac_plugin.config import build_config
-from dcac_plugin.extract import eval_transform, load_features
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.cli import main
 from dcac_plugin.models import clip_vit_tiny
-from dcac_plugin.visualize import ranked_results_for_run
-from dcac_plugin.visualize.gradcam import classifier_checkpoint
+from dcac_plugin.tools.extract import eval_transform, load_features
+from dcac_plugin.tools.visualize import ranked_results_for_run
+from dcac_plugin.tools.visualize.gradcam import classifier_checkpoint
+from dcac_plugin.utils.checkpoint import CheckpointError, export_encoder, load_checkpoint, model_state_dict
 
 
 @pytest.fixture(scope="module")

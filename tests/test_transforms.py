@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from dataset_writers import write_market1501
 from PIL import Image
 
-from dataset_writers import write_market1501
-from dcac_plugin.config import build_config
+from dcac_config.loading import build_config
 from dcac_plugin.data.transforms import build_reid_transforms, reid_transforms
 from dcac_plugin.engines import baseline as baseline_module
-from dcac_plugin.extract import eval_transform
-from dcac_plugin.launcher import build_datamanager, prepare
+from dcac_plugin.run.launcher import build_datamanager, prepare
+from dcac_plugin.tools.extract import eval_transform
 
 HEIGHT, WIDTH = 32, 16
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]

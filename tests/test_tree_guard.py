@@ -2,9 +2,8 @@
 import os
 from types import SimpleNamespace
 
-import pytest
-
 import conftest
+import pytest
 import tree_guard
 
 

@@ -10,14 +10,15 @@ import socket
 
 import pytest
 import torch
-
 from conftest import refuse_download, train_error
 from dataset_writers import write_market1501, write_msmt17_lists
-from dcac_plugin import hub
-from dcac_plugin.cli import demo_config_path, main
-from dcac_plugin.data.layouts import DatasetLayoutError, check_dataset_layout
-from dcac_plugin.run_lock import LOCK_NAME
 from test_no_overwrite import digests
+
+from dcac_config.layouts import DatasetLayoutError, check_dataset_layout
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.cli import main
+from dcac_plugin.run.run_lock import LOCK_NAME
+from dcac_plugin.utils import hub
 
 
 def refused(capsys, argv) -> str:
@@ -86,7 +87,7 @@ def test_null_on_the_command_line_is_one_line(tmp_path, capsys):
 
 
 def test_a_whole_number_where_a_number_goes_is_taken_as_one(tmp_path):
-    from dcac_plugin.config import build_config
+    from dcac_config.loading import build_config
 
     config = tmp_path / "cfg.yaml"
     config.write_text("train:\n  lr: 1\n")
@@ -155,9 +156,8 @@ def test_the_latent_cache_given_as_weights_is_named_as_the_cache(latent_cache, b
 
 
 def test_a_truncated_latent_cache_is_named_as_the_cache_and_rebuilt(latent_cache, capsys):
-    from dcac_plugin.diffusion.latent_cache import LatentCache
-
     from dcac_plugin.data.views import diffusion_view_transform
+    from dcac_plugin.diffusion.latent_cache import LatentCache
 
     cache, paths, vae = latent_cache
     with open(cache.path, "r+b") as handle:
@@ -345,10 +345,10 @@ def test_tool_counts_are_checked_before_any_work(argv, expected, capsys):
 
 def test_an_onnx_opset_torch_cannot_write_is_refused_before_the_model_is_loaded(baseline_run, tmp_path, capsys,
                                                                                 monkeypatch):
-    import dcac_plugin.inference
-    from dcac_plugin.export import onnx_opsets
+    import dcac_plugin.tools.inference
+    from dcac_plugin.tools.export import onnx_opsets
 
-    monkeypatch.setattr(dcac_plugin.inference, "load_trained_model", refuse_download)
+    monkeypatch.setattr(dcac_plugin.tools.inference, "load_trained_model", refuse_download)
     lowest, highest = onnx_opsets()
     output = tmp_path / "encoder.onnx"
     assert refused(capsys, ["export", baseline_run, "--format", "onnx", "--output", str(output), "--opset",

@@ -5,12 +5,13 @@ The tests run as root, which ignores file permissions, so an unwritable folder i
 fails for root too: a path below a regular file (NotADirectoryError, a real failure of the writer).
 """
 import pytest
-
 from conftest import refuse_download
-from dcac_plugin.cli import demo_config_path, main
-from dcac_plugin.config import build_config
+
+from dcac_config.errors import UsageError
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.cli import main
 from dcac_plugin.data.synthetic import ensure_synthetic_dataset
-from dcac_plugin.errors import UsageError
 
 
 @pytest.fixture
@@ -131,7 +132,7 @@ def test_stable_diffusion_download_into_an_unwritable_hub_cache_names_hf_home(hu
 
 
 def test_torchreid_pretrained_weights_into_an_unwritable_torch_home_name_torch_home(blocked, monkeypatch):
-    from dcac_plugin.launcher import build_model
+    from dcac_plugin.run.launcher import build_model
 
     monkeypatch.setenv("TORCH_HOME", str(blocked))
     cfg = build_config(demo_config_path("softmax"), ["model.pretrained", "True"])

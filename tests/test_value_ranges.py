@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import train_error
 
-from dcac_plugin.cli import demo_config_path
-from dcac_plugin.config import build_config
-from dcac_plugin.shipped import shipped_configs
-from dcac_plugin.validation import check_values
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path, shipped_configs
+from dcac_plugin.run.validation import check_values
 
 
 def write(tmp_path, text: str) -> str:

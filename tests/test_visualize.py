@@ -1,25 +1,25 @@
-"""dcac_plugin.visualize on a tiny run made without training, and test-time re-ranking."""
+"""dcac_plugin.tools.visualize on a tiny run made without training, and test-time re-ranking."""
 import json
 import os.path as osp
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 import torchreid
+from PIL import Image
 from torchreid import utils
 
 from dcac_cli import build_parser
-from dcac_plugin.checkpoint import atomic_save, export_encoder
-from dcac_plugin.cli import demo_config_path, main
-from dcac_plugin.config import build_config
-from dcac_plugin.visualize import (gradcam, overlay, plot_training_curves, ranked_results_for_run, read_scalars,
-                                   save_gradcam_grid, save_ranked_results)
-from dcac_plugin.visualize.curves import DPI, FIGSIZE, evaluation_points
-from dcac_plugin.errors import UsageError
+from dcac_config.errors import UsageError
+from dcac_config.loading import build_config
+from dcac_config.shipped import demo_config_path
+from dcac_plugin.cli import main
 from dcac_plugin.evaluation import torchreid_ranking_note
-from dcac_plugin.visualize.cli import cmd_visualize
+from dcac_plugin.tools.visualize import (gradcam, overlay, plot_training_curves, ranked_results_for_run, read_scalars,
+                                         save_gradcam_grid, save_ranked_results)
+from dcac_plugin.tools.visualize.cli import cmd_visualize
+from dcac_plugin.tools.visualize.curves import DPI, FIGSIZE, evaluation_points
+from dcac_plugin.utils.checkpoint import atomic_save, export_encoder
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def tiny_run(data_root, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def test_images(tiny_run):
-    from dcac_plugin.launcher import build_datamanager
+    from dcac_plugin.run.launcher import build_datamanager
 
     cfg = build_config(osp.join(tiny_run, "config.yaml"))
     return [item[0] for item in build_datamanager(cfg, use_gpu=False).test_dataset["synthetic_b"]["query"][:2]]
@@ -176,8 +176,8 @@ def test_rerank_is_applied_by_the_engines(tiny_run, data_root, tmp_path, capsys)
 
 def _reranked_by_hand(run):
     """mAP of the run's model on synthetic_b with torchreid's k-reciprocal re-ranking, step by step."""
-    from dcac_plugin.inference import load_trained_model
-    from dcac_plugin.launcher import build_datamanager
+    from dcac_plugin.run.launcher import build_datamanager
+    from dcac_plugin.tools.inference import load_trained_model
 
     model, cfg, _ = load_trained_model(osp.join(run, "model", "latest.pth.tar"))
     loaders = build_datamanager(cfg, use_gpu=False).test_loader["synthetic_b"]

@@ -5,7 +5,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..errors import UsageError
+from dcac_config.errors import UsageError
+
 from .memory import proc_kb
 
 

@@ -64,7 +64,7 @@ def benchmark_config(engine: str, amp: str = "off", rank: int = 8, gradient_chec
                      latent_cache: bool = True, opts: Optional[List[str]] = None) -> CN:
     """The config a benchmark step is built from: the defaults (the paper's recipe), no
     pretrained weights, and the given engine and speed options; ``opts`` (KEY VALUE) last."""
-    from ..config import build_config
+    from dcac_config.loading import build_config
 
     return build_config(None, ["engine", engine, "model.pretrained", "False", "train.amp", amp,
                                "dcac.lora.rank", str(rank), "train.gradient_checkpointing",
@@ -117,7 +117,7 @@ class TrainingStep:
     def forward(self) -> Tuple[Any, Dict[str, torch.Tensor], torch.Tensor]:
         """The forward half of ``forward_backward``: model, loss terms and total loss under
         the engine's autocast; returns (output, terms, loss)."""
-        from ..performance import autocast
+        from ..speed.performance import autocast
 
         engine = self.engine
         imgs, pids = self._batch()
@@ -147,7 +147,7 @@ class TrainingStep:
     def inference(self) -> torch.Tensor:
         """The Re-ID encoder's eval-mode forward on the batch (no gradient), as feature
         extraction and evaluation run it; the model is back in train mode afterwards."""
-        from ..performance import autocast
+        from ..speed.performance import autocast
 
         imgs, _ = self._batch()
         self.model.eval()
@@ -181,8 +181,8 @@ def _build_networks(cfg: CN, num_classes: int, device: torch.device,
     """The Re-ID model and, for dcac, the diffusion feedback, randomly initialised on ``device``."""
     from ..diffusion import build_diffusion_architecture
     from ..engines.dcac import build_diffusion_feedback
-    from ..launcher import build_model
-    from ..performance import enable_gradient_checkpointing, use_faster_unet_kernels
+    from ..run.launcher import build_model
+    from ..speed.performance import enable_gradient_checkpointing, use_faster_unet_kernels
 
     model = build_model(cfg, num_classes, "reid", use_gpu=device.type == "cuda").to(device)
     feedback = None
@@ -202,8 +202,9 @@ def _build_engine(cfg: CN, num_classes: int, model: nn.Module, feedback: Optiona
     """The engine ``cfg.engine`` as the launcher builds it from the config, with a stand-in
     data manager (the step brings its own batch)."""
     import dcac_plugin  # noqa: F401  (registration)
-    from ..optim import build_optimizer
+
     from ..registry import ENGINES
+    from ..run.optim import build_optimizer
 
     trained = nn.ModuleDict({"model": model, **({"auxiliary": feedback} if feedback is not None else {})})
     optimizer = build_optimizer(cfg, trained)

@@ -21,7 +21,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..errors import UsageError
+from dcac_config.errors import UsageError
+
 from .devices import checked_device, device_name, memory_capacity
 from .memory import peak_rss_kb
 from .step import benchmark_config, build_training_step

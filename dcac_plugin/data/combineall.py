@@ -15,7 +15,7 @@ from typing import ContextManager
 
 from torchreid import data as reid_data
 
-from ..swap import swapped
+from ..utils.swap import swapped
 
 
 def combineall_counts_cameras(enabled: bool) -> ContextManager[None]:

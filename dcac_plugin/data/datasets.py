@@ -40,7 +40,7 @@ pids relabelled to 0..N-1, query and gallery pids kept as written) except that t
 file name rather than the whole path (a parent folder such as ``run_2_c1`` cannot be mistaken for
 one), read the files in sorted order and number the training pids in ascending order, so a
 seeded run sees the same data in the same order on every file system. Neither downloads
-anything: a missing or incomplete folder raises :class:`~dcac_plugin.data.layouts.DatasetLayoutError`
+anything: a missing or incomplete folder raises :class:`~dcac_config.layouts.DatasetLayoutError`
 with the expected tree, and their layouts are registered for the launcher's pre-flight check.
 Multi-source offsets of pids and cameras are left to torchreid, which applies them when it adds
 the sources' training sets.
@@ -52,8 +52,8 @@ from typing import Dict, List, Tuple, Type
 
 from torchreid import data as reid_data
 
-from .layouts import (DatasetLayout, DatasetLayoutError, ImageNames, check_dataset_layout, pid_and_camera,
-                      register_layout)
+from dcac_config.layouts import (DatasetLayout, DatasetLayoutError, ImageNames, check_dataset_layout, pid_and_camera,
+                                 register_layout)
 
 Item = Tuple[str, int, int]  # (image path, pid, 0-based camera), as torchreid's datasets list them
 
@@ -92,7 +92,7 @@ def read_market_style_dir(dir_path: str, dataset: str, names: ImageNames, relabe
 
     File names start with ``<pid>_c<camera>``; junk pids are skipped, cameras 1..``names.num_cameras``
     become 0-based, and with ``relabel`` the pids become 0..N-1 in ascending order of the written pid.
-    Raises :class:`~dcac_plugin.data.layouts.DatasetFileNameError` naming the first file whose name
+    Raises :class:`~dcac_config.layouts.DatasetFileNameError` naming the first file whose name
     does not parse or whose camera is out of range.
     """
     items = []

@@ -27,6 +27,8 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from dcac_config.errors import UserError
+
 _FIX = ("remove or replace the file, or set data.skip_corrupt_images True to skip unreadable "
         "images with a warning")
 
@@ -36,7 +38,7 @@ _FIX = ("remove or replace the file, or set data.skip_corrupt_images True to ski
 _DECODE_ERRORS = (OSError, SyntaxError, EOFError)
 
 
-class ImageReadError(RuntimeError):
+class ImageReadError(UserError, RuntimeError):
     """An image file that cannot be decoded; ``path`` and ``reason`` say which and why.
 
     Build it with :meth:`for_file`. The constructor takes the bare message as its only positional

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 from typing import Dict, Sequence, Tuple
 
-from ..errors import ConfigError
-from ..registration import image_dataset_table
+from dcac_config.errors import ConfigError
+
+from ..utils.toolbox_tables import image_dataset_table
 from .loaders import loader_like
 
 # How many splits torchreid's reader holds, and the ones the standard protocol averages over.

@@ -14,7 +14,6 @@ from collections import defaultdict
 from typing import Dict, Iterator, List, Sequence
 
 from torch.utils.data import DistributedSampler, Sampler
-
 from torchreid import data as reid_data
 
 

@@ -17,8 +17,8 @@ from typing import Iterator, List, Sequence, Tuple
 
 from torchreid import data as reid_data
 
-from ..registration import image_dataset_table
-from ..swap import swapped
+from ..utils.swap import swapped
+from ..utils.toolbox_tables import image_dataset_table
 
 
 def stable_labels(items: Sequence[tuple]) -> List[tuple]:

@@ -31,10 +31,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
-
 from torchreid import data as reid_data
 
-from ..writable import writing
+from ..utils.writable import writing
 
 GENERATOR_VERSION = 1
 MARKER_NAME = "SYNTHETIC.json"
@@ -798,7 +797,7 @@ def ensure_synthetic_dataset(root: str | Path, name: str, spec: SyntheticSpec | 
     domain, spec and generator version is already there.
 
     ``name`` is a key of :data:`DOMAINS`; any other name raises ``KeyError`` listing them. A
-    root that cannot be written raises :class:`~dcac_plugin.errors.UsageError` naming ``--root``.
+    root that cannot be written raises :class:`~dcac_config.errors.UsageError` naming ``--root``.
     """
     style = _style_for(name)
     spec = (spec or SyntheticSpec()).resolved(style)

@@ -19,12 +19,12 @@ from typing import Any, Callable, ContextManager, NamedTuple, Optional, Sequence
 
 import torchvision.transforms as T
 from PIL import Image
+from torchreid import data as reid_data
 from yacs.config import CfgNode as CN
 
-from torchreid import data as reid_data
+from dcac_config.names import nearest_name
 
-from ..registry import nearest_name
-from ..swap import swapped
+from ..utils.swap import swapped
 
 INTERPOLATIONS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 INTERPOLATION_NAMES = {int(code): name for name, code in INTERPOLATIONS.items()}

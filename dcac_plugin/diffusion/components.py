@@ -32,11 +32,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..file_kinds import not_a_torch_file
-from ..hub import hub_unreachable_reason
+from ..utils.file_kinds import not_a_torch_file
+from ..utils.hub import hub_unreachable_reason
 from .config_checks import SD15_CONFIG_DIR, read_config_file, read_folder_configs
-from .sources import (CONFIG_FILES, LDM_UNET_PREFIX, DiffusersFolder, DiffusionWeightsError,
-                      cached_snapshot, download_hint, hub_diffusers_folder, is_single_file, local_diffusers_folder,
+from .sources import (CONFIG_FILES, LDM_UNET_PREFIX, DiffusersFolder, DiffusionWeightsError, cached_snapshot,
+                      download_hint, hub_diffusers_folder, is_single_file, local_diffusers_folder,
                       looks_like_local_path, select_unet_copy)
 
 _LDM_VAE_PREFIX = "first_stage_model."

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..hub import file_url
+from ..utils.hub import file_url
 from .sources import CONFIG_FILES, DEFAULT_PRETRAINED, DiffusionWeightsError
 
 # Weights are loaded in float32 before any cast: 4 bytes a parameter.

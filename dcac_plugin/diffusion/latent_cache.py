@@ -14,10 +14,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import CheckpointError, atomic_save, load_checkpoint
 from ..data.images import READING
 from ..data.loaders import image_list_loader
-from ..performance import full_precision
+from ..speed.performance import full_precision
+from ..utils.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from .denoising import posterior_parameters
 
 FileKey = Tuple[str, int, int]  # absolute path, size in bytes, modification time (ns)

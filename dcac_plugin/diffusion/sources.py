@@ -21,7 +21,9 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from ..hub import cached_file, ensure_hub_cache_writable, file_url, hub_unreachable_reason, repo_url
+from dcac_config.errors import UserError
+
+from ..utils.hub import cached_file, ensure_hub_cache_writable, file_url, hub_unreachable_reason, repo_url
 
 DEFAULT_PRETRAINED = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 NON_EMA_VARIANT = "non_ema"
@@ -39,7 +41,7 @@ LDM_EMA_PREFIX = "model_ema."
 StateDict = Dict[str, torch.Tensor]
 
 
-class DiffusionWeightsError(RuntimeError):
+class DiffusionWeightsError(UserError, RuntimeError):
     """Stable Diffusion weights could not be found or read; the message says how to fix it."""
 
 

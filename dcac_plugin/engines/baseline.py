@@ -5,20 +5,19 @@ from typing import Dict, List
 
 import torch
 from torch import nn
-from tqdm import tqdm
-
 from torchreid import engine as reid_engine
 from torchreid import metrics as reid_metrics
+from tqdm import tqdm
 
-from .. import distributed
-from ..config import device_kwargs
 from ..data.loaders import image_list_loader, train_items
 from ..diffusion.adaptation import count_parameters
 from ..models import BNNeckReID
-from ..performance import autocast, full_precision, grad_scaler, resolve_amp
-from ..rng import preserved_rng
 from ..registry import ENGINES, LOSSES
+from ..speed.performance import autocast, full_precision, grad_scaler, resolve_amp
+from ..utils import distributed
+from ..utils.rng import preserved_rng
 from .common import RunRecordMixin
+from .toolbox_kwargs import device_kwargs
 
 
 def reid_loss(loss_id: torch.Tensor, loss_pcl: torch.Tensor, pcl_weight: float = 1.0) -> torch.Tensor:

@@ -9,16 +9,18 @@ from typing import Any, Dict, Tuple
 import torch
 import torch.nn.functional as F
 
-from .. import distributed
-from ..checkpoint import atomic_copy, atomic_save
+from dcac_config.errors import UserError
+
 from ..evaluation import evaluate_features, mean_over_splits, torchreid_ranking_note
-from ..rng import capture_rng_state, preserved_rng, restore_rank_rng_state
+from ..utils import distributed
+from ..utils.checkpoint import atomic_copy, atomic_save
+from ..utils.rng import capture_rng_state, preserved_rng, restore_rank_rng_state
 
 LATEST = "latest.pth.tar"
 BEST = "best.pth.tar"
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """Training stopped on a NaN or infinite loss; nothing was written for the broken step."""
 
 

@@ -7,19 +7,18 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from .. import distributed
-from ..conditioning import CorrelationAwareCondition
 from ..data.loaders import train_items
 from ..data.views import diffusion_view_transform
 from ..diffusion import (DiffusionComponents, DiffusionDenoiser, apply_finetune_mode, count_parameters,
-                         load_diffusion_components,
-                         load_trainable_state_dict, sample_from_posterior, save_tiny_stable_diffusion,
-                         trainable_state_dict)
+                         load_diffusion_components, load_trainable_state_dict, sample_from_posterior,
+                         save_tiny_stable_diffusion, trainable_state_dict)
+from ..diffusion.conditioning import CorrelationAwareCondition
 from ..diffusion.latent_cache import LatentCache, vae_fingerprint
 from ..registry import ENGINES
-from ..preparation import prepared_in_rounds
-from ..rng import preserved_rng
-from ..writable import environment_fix, writing
+from ..utils import distributed
+from ..utils.preparation import prepared_in_rounds
+from ..utils.rng import preserved_rng
+from ..utils.writable import environment_fix, writing
 from .baseline import BaselineEngine
 
 DEFAULT_CACHE = "~/.cache/dcac-reid"

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import torch
-
 from torchreid import engine as reid_engine
 
-from .. import distributed
-from ..config import device_kwargs
 from ..registry import ENGINES
-from ..swap import swapped
+from ..utils import distributed
+from ..utils.swap import swapped
 from .common import RunRecordMixin
+from .toolbox_kwargs import device_kwargs
 
 
 class ToolboxStepMixin:

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple, Union
 
+import open_clip
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-import open_clip
 from open_clip.model import _build_vision_tower
+from torch import nn
 
 from .clip_weights import ClipWeightsError, read_clip_visual_weights, resolve_clip_weights_file
 from .reid_head import BNNeck, BNNeckReID, ReIDOutput, freeze_as_buffer  # noqa: F401  (BNNeck, ReIDOutput: re-exported)

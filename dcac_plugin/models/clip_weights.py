@@ -13,19 +13,20 @@ import os
 import zipfile
 from typing import Dict, List, Optional
 
+import open_clip
 import torch
 
-import open_clip
+from dcac_config.errors import UserError
 
-from ..file_kinds import not_a_torch_file
-from ..hub import cached_file, ensure_hub_cache_writable, file_url, hub_unreachable_reason
+from ..utils.file_kinds import not_a_torch_file
+from ..utils.hub import cached_file, ensure_hub_cache_writable, file_url, hub_unreachable_reason
 
 # open_clip's file names on the hub, safetensors first (as open_clip itself prefers).
 _OPEN_CLIP_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".tar")
 
 
-class ClipWeightsError(RuntimeError):
+class ClipWeightsError(UserError, RuntimeError):
     """CLIP weights could not be read; the message says what to download and where to point."""
 
 

@@ -17,7 +17,8 @@ from typing import Union
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from dcac_config.errors import ConfigError
+
 from .reid_head import BNNeckReID
 
 

@@ -16,9 +16,10 @@ import os
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
-from ..errors import UsageError
-from ..hub import url_unreachable_reason
-from ..writable import WRITE_ERRNOS
+from dcac_config.errors import UsageError
+
+from ..utils.hub import url_unreachable_reason
+from ..utils.writable import WRITE_ERRNOS
 
 
 def weights_error(model: str, url: str, target: str, problem: str) -> UsageError:
@@ -31,7 +32,7 @@ def weights_error(model: str, url: str, target: str, problem: str) -> UsageError
 def _fetched(model: str, url: str, target: str, download: Callable[[], Any]) -> Any:
     """``download()`` of ``url`` into ``target``: read from the cache when it is there, else fetched
     when its host answers. A cache that cannot be written stays an OSError, for
-    :func:`~dcac_plugin.writable.writing_torch_cache` to name."""
+    :func:`~dcac_plugin.utils.writable.writing_torch_cache` to name."""
     if os.path.isfile(target):
         return download()
     reason = url_unreachable_reason(url)

@@ -1,0 +1,1 @@
+"""dcac-reid's configuration, answered before any model is imported."""
