@@ -1,17 +1,42 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
+import tree_guard  # standard library only: safe before the redirection below
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The user's HOME and environment, remembered before this session moves HOME: the guard watches
+# that HOME, and the environment is put back at the end of the session.
+USER_HOME = os.path.realpath(os.path.expanduser("~"))
+USER_ENVIRON = dict(os.environ)
+# Here, at conftest import, before any test module (or dcac_plugin below) imports matplotlib,
+# onnxruntime, torch or huggingface_hub, which read HOME and XDG_CACHE_HOME when imported or first
+# used: what they keep under HOME goes to this session folder, removed at the end.
+SESSION_DIR = tempfile.mkdtemp(prefix="dcac-tests-")
+atexit.register(shutil.rmtree, SESSION_DIR, True)  # should pytest stop before pytest_unconfigure
+tree_guard.redirect_home(SESSION_DIR)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import dcac_plugin  # noqa: E402,F401  (registration under test everywhere)
-import tree_guard  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+def guarded_folders() -> list:
+    """The folders the session must leave as it found them: the working tree, the current directory
+    and the user's whole HOME (with any cache the user's variables moved out of it)."""
+    return tree_guard.user_folders(REPO_ROOT, USER_HOME, USER_ENVIRON)
+
+
+def guard_snapshot(config) -> tree_guard.Snapshot:
+    """A snapshot of :func:`guarded_folders`, leaving out what is no test's doing."""
+    basetemp = config.getoption("basetemp", None)
+    return tree_guard.snapshot(guarded_folders(), tree_guard.skipped_folders(USER_ENVIRON, basetemp))
 
 
 def pytest_sessionstart(session):
-    session.config.user_files_before = tree_guard.snapshot(tree_guard.user_folders(REPO_ROOT))
+    session.config.user_files_before = guard_snapshot(session.config)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -19,11 +44,18 @@ def pytest_sessionfinish(session, exitstatus):
     before = getattr(session.config, "user_files_before", None)
     if before is None:
         return
-    touched = tree_guard.changes(before, tree_guard.snapshot(tree_guard.user_folders(REPO_ROOT)))
+    touched = tree_guard.changes(before, guard_snapshot(session.config))
     if touched:
         shown = "\n  ".join(touched[:20]) + (f"\n  ... and {len(touched) - 20} more" if len(touched) > 20 else "")
         print(f"\nThe tests touched files outside their temporary folders:\n  {shown}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config):
+    """The user's environment back (HOME, the caches' variables, what tests set without monkeypatch),
+    and the session folder, with what libraries wrote in its HOME, removed."""
+    tree_guard.restore_environment(USER_ENVIRON)
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
