@@ -2,37 +2,36 @@
 
 Importing ``dcac_plugin`` registers everything into torchreid and takes seconds (tens of
 seconds on a busy machine). ``dcac configs`` and ``dcac config`` need none of it, and neither do
-the errors of a config (file or name not found, YAML error, unknown key, value out of range)
-or a missing dataset folder: :func:`check_before_import` finds those with :mod:`dcac_config`
-alone, so a misspelt name costs a moment, not a model import.
+the errors of a config (file or name not found, YAML error, unknown key, value out of range):
+:func:`check_before_import` finds those with :mod:`dcac_config` alone, so a misspelt name costs
+a moment, not a model import. A missing dataset folder is still found by the run itself, after
+the import: the run prints its configuration first, keeps a failed start's log in an existing run
+folder, and reports the model-side config errors (e.g. split ids out of range) before it, and
+users rely on that order.
 """
 from __future__ import annotations
 
 import argparse
 
 from dcac_config.errors import UsageError
-from dcac_config.layouts import check_datasets
 from dcac_config.loading import config_from_args
 from dcac_config.shipped import DEMO_GROUP, PAPER_GROUPS, config_group, shipped_configs, shipped_run_lists
 from dcac_config.values import check_values_without_models
 
-# The commands that build a run's config from --config-file, flags and KEY VALUE pairs, and
-# whether they read its datasets.
-CONFIG_COMMANDS = {"train": True, "config": False, "stats": False}
+# The commands that build a run's config from --config-file, flags and KEY VALUE pairs.
+CONFIG_COMMANDS = ("train", "config", "stats")
 
 
 def check_before_import(args: argparse.Namespace) -> None:
     """Raise the errors of ``args`` that need no model: the config's (file, YAML, keys, types,
-    values out of range) and, for ``train``, a dataset folder that is missing or incomplete.
-    The command checks everything again, and the rest, once it has imported ``dcac_plugin``."""
+    values out of range). The command checks everything again, and the rest, once it has
+    imported ``dcac_plugin``."""
     if args.command not in CONFIG_COMMANDS:
         return
     cfg = config_from_args(args)
     if args.command == "config":
         return  # it prints the config as asked, values and all
     check_values_without_models(cfg)
-    if CONFIG_COMMANDS[args.command]:
-        check_datasets(list(cfg.data.sources) + list(cfg.data.targets), cfg.data.root)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
