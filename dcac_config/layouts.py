@@ -321,7 +321,7 @@ EXPECTED_LAYOUTS: Dict[str, DatasetLayout] = {
               "    cuhk03_new_protocol_config_labeled.mat\n"
               "    (torchreid writes images_detected/, images_labeled/ and splits_*.json here on first use)"),
     ),
-    # The classical multi-source DG benchmark (README "The classical multi-source DG benchmark"):
+    # The classical multi-source DG benchmark (docs/reproducing.md, "The classical multi-source DG benchmark"):
     # CUHK02 and CUHK-SYSU train, iLIDS, PRID, GRID and VIPeR are tested on, each with torchreid's
     # reader. Those readers check little: CUHK02 globs each camera folder (a missing one silently
     # loses its identities; a missing P5 ends in a bare IndexError), CUHK-SYSU globs its folder,

@@ -13,7 +13,9 @@ from dcac_config.shipped import CONFIG_DIR, resolve_config, resolve_run_list, sh
 
 NAME = "single/dcac_market1501_to_msmt17"
 PACKAGED = os.path.join(CONFIG_DIR, "paper", "single", "dcac_market1501_to_msmt17.yaml")
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The README and the docs pages it links to, which hold the detail.
+PAGES = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 
 
 @pytest.fixture
@@ -103,11 +105,14 @@ def test_configs_filter(elsewhere, capsys):
 
 
 def test_readme_config_names_resolve_from_any_directory(elsewhere):
-    """Every config the README passes to --config-file or to dcac experiments works without a clone."""
-    with open(README, encoding="utf-8") as handle:
-        text = handle.read()
+    """Every config the README and its docs pages pass to --config-file or to dcac experiments works
+    without a clone."""
+    text = ""
+    for page in PAGES:
+        with open(page, encoding="utf-8") as handle:
+            text += handle.read() + "\n"
     named = set(re.findall(r"--config-file ([\w.-]+/\S+|demo_\w+)", text)) | set(re.findall(r"dcac experiments .*? (\S+\.yaml)", text))
     named = {name.strip("`") for name in named if "..." not in name and name.strip("`[]") not in ("F", "X")}
-    assert named, "no config named in the README"
+    assert named, "no config named in the README or docs/"
     for name in named:
         assert resolve_config(name), name
