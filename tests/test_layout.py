@@ -274,3 +274,18 @@ def test_a_run_folder_written_by_0_1_is_used_as_it_is(tmp_path):
     with open(os.path.join(FIXTURE_RUN, "results.json"), encoding="utf-8") as handle:
         assert json.load(handle)["engine"] == "baseline"
     assert out.is_file()
+
+
+def test_docs_architecture_names_every_module_and_the_readme_every_folder():
+    """The Architecture pages stay true: docs/architecture.md names each module's file, README.md
+    each folder of the packages."""
+    with open(os.path.join(REPO, "docs", "architecture.md"), encoding="utf-8") as handle:
+        detail = handle.read()
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as handle:
+        readme = handle.read()
+    files = module_files()
+    unnamed = sorted(path for module, path in files.items()
+                     if os.path.basename(path) != "__init__.py" and os.path.basename(path) not in detail)
+    assert unnamed == []
+    folders = {os.path.relpath(os.path.dirname(path), REPO) for path in files.values()}
+    assert sorted(folder for folder in folders if os.path.basename(folder) + "/" not in readme) == []
