@@ -219,7 +219,7 @@ def names_a_command(words: List[str]) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def config_keys() -> frozenset:
-    from dcac_plugin.config import get_default_config
+    from dcac_config.defaults import get_default_config
 
     def walk(node, prefix=""):
         for key, value in node.items():

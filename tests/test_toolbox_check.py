@@ -96,10 +96,17 @@ def test_import_refuses_an_old_torchreid_first_in_the_path(old_torchreid_path, t
 
 
 def test_dcac_shows_the_refusal_as_its_error_line(old_torchreid_path, tmp_path):
-    done = run_with_path("import sys, dcac_cli; sys.exit(dcac_cli.main(['config']))", old_torchreid_path, tmp_path)
+    done = run_with_path("import sys, dcac_cli; sys.exit(dcac_cli.main(['stats', '--config-file', 'demo_baseline']))",
+                         old_torchreid_path, tmp_path)
     assert done.returncode == 2
     assert done.stderr.startswith("dcac: error: Unsupported torchreid at ") and done.stderr.count("\n") == 1
     assert "Traceback" not in done.stderr
+
+
+def test_a_command_that_needs_no_model_answers_whatever_torchreid_is_installed(old_torchreid_path, tmp_path):
+    """`dcac config` imports neither torchreid nor dcac_plugin (dcac_cli.answers): it prints the config."""
+    done = run_with_path("import sys, dcac_cli; sys.exit(dcac_cli.main(['config']))", old_torchreid_path, tmp_path)
+    assert done.returncode == 0 and "engine:" in done.stdout and done.stderr == ""
 
 
 def toolbox_aliases(tree: ast.Module) -> dict:
