@@ -64,7 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Run ``dcac ARGV`` (default: the process's arguments); returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        check_before_import(args)  # a config's or dataset folder's error, before any model is imported
+        check_before_import(args)  # a config's errors, before any model is imported
         return command_handler(args)(args)  # importing it may end in a SetupError (an unsupported torchreid)
     except CommandFailed as err:
         return report(err, 1)

@@ -19,7 +19,7 @@ from .errors import ConfigError
 VAE_DOWNSAMPLING = 8
 
 
-def _value(cfg: CN, key: str) -> Any:
+def value_at(cfg: CN, key: str) -> Any:
     """The value of dotted ``key`` in ``cfg``."""
     node = cfg
     for part in key.split("."):
@@ -27,41 +27,41 @@ def _value(cfg: CN, key: str) -> Any:
     return node
 
 
-def _at_least(cfg: CN, key: str, minimum: int) -> None:
+def at_least(cfg: CN, key: str, minimum: int) -> None:
     """``key`` must be a count of at least ``minimum``."""
-    value = _value(cfg, key)
+    value = value_at(cfg, key)
     if value < minimum:
         raise ConfigError(f"{key} is {value}; it must be at least {minimum}.")
 
 
-def _positive(cfg: CN, key: str) -> None:
+def positive(cfg: CN, key: str) -> None:
     """``key`` must be a finite number above 0."""
-    value = _value(cfg, key)
+    value = value_at(cfg, key)
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{key} is {value}; it must be a finite number above 0.")
 
 
-def _multiples_near(value: int, step: int) -> List[int]:
+def multiples_near(value: int, step: int) -> List[int]:
     """The multiples of ``step`` just below and above ``value`` (those that are positive)."""
     below = value // step * step
     return [size for size in (below, below + step) if size > 0]
 
 
-def _alternatives(sizes: List[int]) -> str:
+def alternatives(sizes: List[int]) -> str:
     return " or ".join(str(size) for size in sizes)
 
 
 def check_batch_sizes(cfg: CN) -> None:
     """A batch holds at least one image, in training and in testing."""
-    _at_least(cfg, "train.batch_size", 1)
-    _at_least(cfg, "test.batch_size", 1)
+    at_least(cfg, "train.batch_size", 1)
+    at_least(cfg, "test.batch_size", 1)
 
 
 def check_identity_sampler(cfg: CN) -> None:
     """``RandomIdentitySampler`` fills a batch with P identities x K = ``sampler.num_instances``
     images. torchreid only checks batch_size >= K; with a remainder, its loader's batches cut
     across the identity groups, so batch_size must be a multiple of K (as under torchrun)."""
-    _at_least(cfg, "sampler.num_instances", 1)
+    at_least(cfg, "sampler.num_instances", 1)
     if cfg.sampler.train_sampler != "RandomIdentitySampler":
         return
     batch, instances = cfg.train.batch_size, cfg.sampler.num_instances
@@ -69,28 +69,28 @@ def check_identity_sampler(cfg: CN) -> None:
         raise ConfigError(f"train.batch_size {batch} is not a multiple of sampler.num_instances {instances}: "
                           f"RandomIdentitySampler fills each batch with whole groups of {instances} images of one "
                           "identity, and a remainder would cut across them. Set train.batch_size to "
-                          f"{_alternatives(_multiples_near(batch, instances))}, or change sampler.num_instances.")
+                          f"{alternatives(multiples_near(batch, instances))}, or change sampler.num_instances.")
 
 
 def check_workers(cfg: CN) -> None:
     """0 loader workers reads in the main process; fewer is meaningless."""
-    _at_least(cfg, "data.workers", 0)
+    at_least(cfg, "data.workers", 0)
 
 
 def check_learning_rate(cfg: CN) -> None:
     """A learning rate of 0 trains nothing; a negative one ascends the loss."""
-    _positive(cfg, "train.lr")
+    positive(cfg, "train.lr")
 
 
 def check_lora_rank(cfg: CN) -> None:
     """A LoRA adapter of rank 0 has no parameters."""
-    _at_least(cfg, "dcac.lora.rank", 1)
+    at_least(cfg, "dcac.lora.rank", 1)
 
 
 def check_temperatures(cfg: CN) -> None:
     """Softmax temperatures divide the logits (eq. 6 and 12)."""
-    _positive(cfg, "dcac.pcl.temperature")
-    _positive(cfg, "dcac.condition.temperature")
+    positive(cfg, "dcac.pcl.temperature")
+    positive(cfg, "dcac.condition.temperature")
 
 
 def check_diffusion_image_size(cfg: CN) -> None:
@@ -99,13 +99,13 @@ def check_diffusion_image_size(cfg: CN) -> None:
     if size < VAE_DOWNSAMPLING or size % VAE_DOWNSAMPLING:
         raise ConfigError(f"dcac.diffusion.image_size {size} is not a positive multiple of {VAE_DOWNSAMPLING} (the "
                           f"VAE's downsampling). Set it to "
-                          f"{_alternatives(_multiples_near(max(size, 1), VAE_DOWNSAMPLING))}; the paper uses 128.")
+                          f"{alternatives(multiples_near(max(size, 1), VAE_DOWNSAMPLING))}; the paper uses 128.")
 
 
 def check_distributed_timeouts(cfg: CN) -> None:
     """Under torchrun, the processes wait for each other at most these many minutes."""
-    _positive(cfg, "train.dist_timeout_minutes")
-    _positive(cfg, "train.dist_rendezvous_minutes")
+    positive(cfg, "train.dist_timeout_minutes")
+    positive(cfg, "train.dist_rendezvous_minutes")
 
 
 # In the order dcac_plugin.run.validation.RULES runs them.
@@ -121,6 +121,6 @@ def check_values_without_models(cfg: CN) -> None:
         rule(cfg)
 
 
-__all__ = ["RULES_WITHOUT_MODELS", "VAE_DOWNSAMPLING", "check_batch_sizes", "check_diffusion_image_size",
+__all__ = ["RULES_WITHOUT_MODELS", "VAE_DOWNSAMPLING", "alternatives", "at_least", "multiples_near", "positive", "value_at", "check_batch_sizes", "check_diffusion_image_size",
            "check_distributed_timeouts", "check_identity_sampler", "check_learning_rate", "check_lora_rank",
            "check_temperatures", "check_values_without_models", "check_workers"]

@@ -6,9 +6,9 @@ through a central if/else.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterator, List, Optional, TypeVar
+from typing import Callable, Dict, Iterator, Optional, TypeVar
 
-from dcac_config.names import nearest_name, nearest_names  # noqa: F401  (re-exported)
+from dcac_config.names import nearest_name
 
 T = TypeVar("T")
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .protocols import (ABBREVIATIONS, MULTI_SOURCE_SETTINGS, SINGLE_SOURCE_PAIRS, condition_temperature_for,
-                        lora_rank_for, setting_name)
+from .protocols import condition_temperature_for, lora_rank_for, setting_name
 
 # configs/paper/ of this package (package data; the repository's top-level configs/ points there).
 PAPER_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "paper")

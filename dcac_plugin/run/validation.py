@@ -13,9 +13,9 @@ from yacs.config import CfgNode as CN
 
 from dcac_config.errors import ConfigError
 from dcac_config.names import nearest_name
-from dcac_config.values import (_alternatives, _at_least, _multiples_near, _value, check_batch_sizes,
-                                check_diffusion_image_size, check_distributed_timeouts, check_identity_sampler,
-                                check_learning_rate, check_lora_rank, check_temperatures, check_workers)
+from dcac_config.values import (alternatives, at_least, check_batch_sizes, check_diffusion_image_size,
+                                check_distributed_timeouts, check_identity_sampler, check_learning_rate,
+                                check_lora_rank, check_temperatures, check_workers, multiples_near, value_at)
 
 from ..data.random_splits import check_split_ids
 from ..models.clip_reid import CLIP_MODELS, clip_patch_size
@@ -35,16 +35,16 @@ def check_input_size(cfg: CN) -> None:
     """The input has positive sides, and for a CLIP ViT sides its patch size divides: the patch
     grid is floored, so the remainder rows or columns would be silently ignored."""
     for key in ("data.height", "data.width"):
-        _at_least(cfg, key, 1)
+        at_least(cfg, key, 1)
     if cfg.model.name not in CLIP_MODELS:
         return
     patch = clip_patch_size(cfg.model.name)
     for key in ("data.height", "data.width"):
-        size = _value(cfg, key)
+        size = value_at(cfg, key)
         if size % patch:
             raise ConfigError(f"{key} {size} is not a multiple of {patch}: model {cfg.model.name} cuts its input "
                               f"into {patch}x{patch} patches and would ignore the last {size % patch} pixels. "
-                              f"Set {key} to {_alternatives(_multiples_near(size, patch))}.")
+                              f"Set {key} to {alternatives(multiples_near(size, patch))}.")
 
 
 def check_test_split_ids(cfg: CN) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
-import sys
 from typing import Sequence
 
 from dcac_config.errors import UsageError
