@@ -65,3 +65,30 @@ def test_every_requirement_is_on_the_gpu_machine_or_carried_by_the_wheels_script
         assert name in machine or name in carried, f"{name}: neither on the GPU machine nor in device_wheels.sh"
         if name in carried:
             assert requirement.specifier.contains(carried[name][0]), f"device_wheels.sh carries {name} outside {line}"
+
+
+def test_the_wheel_holds_every_package_and_its_data(tmp_path):
+    """What `pip install .` installs: the three packages, the shipped configs (now under
+    dcac_config/configs), paper_results.csv and the SD1.5 configs. Built from a copy of the tracked
+    files, so nothing is written into the working tree."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = device_check.REPO_ROOT
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
+    source = tmp_path / "source"
+    for relative in filter(None, tracked.decode().split("\0")):
+        if os.path.isfile(os.path.join(repo, relative)) and not os.path.islink(os.path.join(repo, relative)):
+            (source / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(os.path.join(repo, relative), source / relative)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "wheel"), str(source)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheel").glob("dcac_reid-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = [name for name in tracked.decode().split("\0")
+                if name.startswith(("dcac_config/", "dcac_plugin/", "dcac_cli/"))
+                and name.endswith((".py", ".yaml", ".txt", ".csv", ".json"))]
+    assert len(expected) > 250 and "dcac_config/configs/demo_baseline.yaml" in expected
+    assert sorted(set(expected) - names) == []
