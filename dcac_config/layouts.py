@@ -257,6 +257,35 @@ def _synthetic(name: str) -> DatasetLayout:
     )
 
 
+# The DCAC reference code's own folders, read by dcac_plugin's MSMT17Folder and CUHK03NP.
+MSMT17_FOLDER_NAMES = ImageNames(example="0012_c14_0003.jpg", num_cameras=15)
+CUHK03_NP_NAMES = ImageNames(example="0001_c1_1.png", num_cameras=2, extension=".png")
+
+MSMT17_FOLDER_LAYOUT = DatasetLayout(
+    folder="MSMT17", required=_MARKET_DIRS,
+    tree=("MSMT17/                         as the DCAC reference code reads it\n"
+          "    bounding_box_train/         training images, e.g. 0012_c14_0003.jpg (pid_cCAMERA_..., cameras 1..15)\n"
+          "    bounding_box_test/          gallery images\n"
+          "    query/                      query images"),
+)
+
+CUHK03_NP_LAYOUT = DatasetLayout(
+    # Either subset satisfies the pre-flight check, which cannot know which one the run reads;
+    # the dataset checks the subset it reads when it is built.
+    folder="cuhk03np", other_folders=("cuhk03-np",), alternatives=("detected", "labeled"), required=_MARKET_DIRS,
+    tree=("cuhk03np/                       as the DCAC reference code reads it; or cuhk03-np/, as the published\n"
+          "                                cuhk03-np.zip unpacks (with both, cuhk03np/ is read)\n"
+          "    detected/                   read by default (cuhk03.labeled_images False, as in the paper)\n"
+          "        bounding_box_train/     training images, e.g. 0001_c1_1.png (cameras c1, c2)\n"
+          "        bounding_box_test/      gallery images\n"
+          "        query/                  query images\n"
+          "    labeled/                    read instead with cuhk03.labeled_images True; may be absent otherwise\n"
+          "        bounding_box_train/\n"
+          "        bounding_box_test/\n"
+          "        query/"),
+)
+
+
 EXPECTED_LAYOUTS: Dict[str, DatasetLayout] = {
     # torchreid's Market1501 reads from Market-1501-v15.09.15/ if that directory exists, else
     # (with a deprecation warning) from market1501/ itself. images/ is read only with
@@ -376,6 +405,8 @@ EXPECTED_LAYOUTS: Dict[str, DatasetLayout] = {
               "        cam_b/                  632 images *.bmp\n"
               "    (torchreid writes splits.json here on first use: 10 random partitions, each both ways)"),
     ),
+    "msmt17_folder": MSMT17_FOLDER_LAYOUT,
+    "cuhk03_np": CUHK03_NP_LAYOUT,
     "synthetic_a": _synthetic("synthetic_a"),
     "synthetic_b": _synthetic("synthetic_b"),
 }
@@ -386,6 +417,34 @@ def register_layout(name: str, layout: DatasetLayout) -> None:
     EXPECTED_LAYOUTS[name] = layout
 
 
+def _layout_error(name: str, layout: DatasetLayout, root: str, missing: str, problem: str) -> DatasetLayoutError:
+    return DatasetLayoutError.for_path(name, missing, root, layout.tree, problem)
+
+
+def dataset_folder(name: str, root: str) -> Optional[Tuple[DatasetLayout, str, str]]:
+    """(layout, data root as torchreid resolves it, the dataset's folder) of dataset ``name``, or
+    None for a name without a registered layout (datasets registered by users) and generated
+    datasets. Raises :class:`DatasetLayoutError` when the data root or the dataset's folder is
+    missing: a check of two paths, cheap enough to make before anything is imported."""
+    layout = EXPECTED_LAYOUTS.get(name)
+    if layout is None or layout.generated:
+        return None
+    # Resolve the root as torchreid does, so the paths named are the ones it would use.
+    root = os.path.abspath(os.path.expanduser(root))
+    if not os.path.isdir(root):
+        raise _layout_error(name, layout, root, root, f"Data root {root} does not exist (needed by dataset {name!r}).")
+    folders = [os.path.join(root, folder) for folder in layout.folder_names()]
+    existing = [folder for folder in folders if os.path.isdir(folder)]
+    if not existing:
+        what = f"none of {', '.join(folders)} exists" if len(folders) > 1 else f"{folders[0]} does not exist"
+        raise _layout_error(name, layout, root, folders[0], f"Dataset {name!r} is not in the data root: {what}.")
+    # Of several names present, the first holding a sub-root is checked; a dataset reading one
+    # sub-root of several (cuhk03_np's subsets) checks the one it reads when it is built.
+    folder = next((f for f in existing if any(os.path.isdir(os.path.join(f, alt)) for alt in layout.alternatives)),
+                  existing[0])
+    return layout, root, folder
+
+
 def check_dataset_layout(name: str, root: str) -> None:
     """Raise :class:`DatasetLayoutError` for the first path dataset ``name`` lacks under ``root``,
     :class:`DatasetFileNameError` for the first image whose name its reader would not read right.
@@ -393,26 +452,14 @@ def check_dataset_layout(name: str, root: str) -> None:
     Names without a registered layout (datasets registered by users) and generated datasets
     pass without a check.
     """
-    layout = EXPECTED_LAYOUTS.get(name)
-    if layout is None or layout.generated:
+    found = dataset_folder(name, root)
+    if found is None:
         return
-    # Resolve the root as torchreid does, so the paths named are the ones it would use.
-    root = os.path.abspath(os.path.expanduser(root))
+    layout, root, folder = found
 
     def fail(missing: str, problem: str) -> DatasetLayoutError:
-        return DatasetLayoutError.for_path(name, missing, root, layout.tree, problem)
+        return _layout_error(name, layout, root, missing, problem)
 
-    if not os.path.isdir(root):
-        raise fail(root, f"Data root {root} does not exist (needed by dataset {name!r}).")
-    folders = [os.path.join(root, folder) for folder in layout.folder_names()]
-    existing = [folder for folder in folders if os.path.isdir(folder)]
-    if not existing:
-        what = f"none of {', '.join(folders)} exists" if len(folders) > 1 else f"{folders[0]} does not exist"
-        raise fail(folders[0], f"Dataset {name!r} is not in the data root: {what}.")
-    # Of several names present, the first holding a sub-root is checked; a dataset reading one
-    # sub-root of several (cuhk03_np's subsets) checks the one it reads when it is built.
-    folder = next((f for f in existing if any(os.path.isdir(os.path.join(f, alt)) for alt in layout.alternatives)),
-                  existing[0])
     chosen = next((alt for alt in layout.alternatives if os.path.isdir(os.path.join(folder, alt))), None)
     if chosen is None:
         candidates = [os.path.join(folder, alt) for alt in layout.alternatives]
@@ -430,14 +477,25 @@ def check_dataset_layout(name: str, root: str) -> None:
             raise fail(path, f"Dataset {name!r} is incomplete: {path} {lack}. Copy the dataset's images back there.")
 
 
-def check_datasets(names: Iterable[str], root: str) -> None:
+def _distinct(names: Union[str, Iterable[str]]) -> Iterable[str]:
+    # torchreid accepts sources='market1501' as well as a list
+    return dict.fromkeys([names] if isinstance(names, str) else names)
+
+
+def check_datasets(names: Union[str, Iterable[str]], root: str) -> None:
     """:func:`check_dataset_layout` for each distinct name (a single name may be passed as a str)."""
-    if isinstance(names, str):  # torchreid accepts sources='market1501' as well as a list
-        names = [names]
-    for name in dict.fromkeys(names):
+    for name in _distinct(names):
         check_dataset_layout(name, root)
 
 
-__all__ = ["DatasetFileNameError", "DatasetLayout", "DatasetLayoutError", "EXPECTED_LAYOUTS", "ImageNames", "ListLines",
-           "MARKET_STYLE_NAME", "TORCHREID_NAME", "check_dataset_layout", "check_datasets", "pid_and_camera",
-           "register_layout"]
+def check_dataset_folders(names: Union[str, Iterable[str]], root: str) -> None:
+    """:func:`dataset_folder` for each distinct name: the data root and each dataset's folder
+    exist (what ``dcac train`` checks before it imports any model)."""
+    for name in _distinct(names):
+        dataset_folder(name, root)
+
+
+__all__ = ["CUHK03_NP_LAYOUT", "CUHK03_NP_NAMES", "DatasetFileNameError", "DatasetLayout", "DatasetLayoutError",
+           "EXPECTED_LAYOUTS", "ImageNames", "ListLines", "MARKET_STYLE_NAME", "MSMT17_FOLDER_LAYOUT",
+           "MSMT17_FOLDER_NAMES", "TORCHREID_NAME", "check_dataset_folders", "check_dataset_layout", "check_datasets",
+           "dataset_folder", "pid_and_camera", "register_layout"]

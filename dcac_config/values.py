@@ -9,7 +9,7 @@ use instead; ``dcac`` runs them before it imports any model.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 from yacs.config import CfgNode as CN
 
@@ -17,6 +17,13 @@ from .errors import ConfigError
 
 # The VAE of Stable Diffusion halves the image three times: an 8x smaller latent.
 VAE_DOWNSAMPLING = 8
+
+# How many splits torchreid's reader holds, and the ones the standard protocol averages over.
+SPLIT_COUNTS: Dict[str, int] = {"ilids": 10, "prid": 10, "grid": 10, "viper": 20}
+STANDARD_SPLIT_IDS: Dict[str, Tuple[int, ...]] = {
+    "ilids": tuple(range(10)), "prid": tuple(range(10)), "grid": tuple(range(10)),
+    "viper": tuple(range(0, 20, 2)),  # one direction (camera A queries) of each of its 10 partitions
+}
 
 
 def value_at(cfg: CN, key: str) -> Any:
@@ -108,10 +115,34 @@ def check_distributed_timeouts(cfg: CN) -> None:
     positive(cfg, "train.dist_rendezvous_minutes")
 
 
+def check_split_ids(targets: Sequence[str], requested: Sequence[int]) -> None:
+    """``test.split_ids`` must name splits every random-split target has (torchreid would take a
+    negative id from the end of its list, silently)."""
+    for dataset in targets:
+        if dataset not in SPLIT_COUNTS:
+            continue
+        count = SPLIT_COUNTS[dataset]
+        bad = [i for i in requested if not 0 <= int(i) < count]
+        if bad:
+            raise ConfigError(f"test.split_ids {list(requested)} names split {bad[0]}, but target {dataset!r} has "
+                              f"splits 0..{count - 1}. Give ids in that range, or [] for its standard "
+                              f"{len(STANDARD_SPLIT_IDS[dataset])} ({listed_ids(STANDARD_SPLIT_IDS[dataset])}).")
+
+
+def listed_ids(ids: Sequence[int]) -> str:
+    """Split ids as a message lists them."""
+    return ", ".join(str(i) for i in ids)
+
+
+def check_test_split_ids(cfg: CN) -> None:
+    """``test.split_ids`` names splits that the random-split targets (iLIDS, PRID, GRID, VIPeR) have."""
+    check_split_ids(list(cfg.data.targets), list(cfg.test.split_ids))
+
+
 # In the order dcac_plugin.run.validation.RULES runs them.
 RULES_WITHOUT_MODELS: Tuple[Callable[[CN], None], ...] = (
     check_batch_sizes, check_identity_sampler, check_workers, check_learning_rate, check_lora_rank,
-    check_temperatures, check_diffusion_image_size, check_distributed_timeouts)
+    check_temperatures, check_diffusion_image_size, check_test_split_ids, check_distributed_timeouts)
 
 
 def check_values_without_models(cfg: CN) -> None:
@@ -121,6 +152,8 @@ def check_values_without_models(cfg: CN) -> None:
         rule(cfg)
 
 
-__all__ = ["RULES_WITHOUT_MODELS", "VAE_DOWNSAMPLING", "alternatives", "at_least", "multiples_near", "positive", "value_at", "check_batch_sizes", "check_diffusion_image_size",
-           "check_distributed_timeouts", "check_identity_sampler", "check_learning_rate", "check_lora_rank",
-           "check_temperatures", "check_values_without_models", "check_workers"]
+__all__ = ["RULES_WITHOUT_MODELS", "SPLIT_COUNTS", "STANDARD_SPLIT_IDS", "VAE_DOWNSAMPLING", "alternatives",
+           "at_least", "check_batch_sizes", "check_diffusion_image_size", "check_distributed_timeouts",
+           "check_identity_sampler", "check_learning_rate", "check_lora_rank", "check_split_ids", "check_temperatures",
+           "check_test_split_ids", "check_values_without_models", "check_workers", "listed_ids", "multiples_near",
+           "positive", "value_at"]

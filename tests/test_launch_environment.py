@@ -14,9 +14,9 @@ import pytest
 from conftest import train_error
 
 from dcac_config.errors import UsageError
+from dcac_config.run_folder.run_lock import LOCK_NAME, read_owner
 from dcac_config.shipped import demo_config_path
 from dcac_plugin.cli import main
-from dcac_plugin.run.run_lock import LOCK_NAME, read_owner
 from dcac_plugin.utils import distributed
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",

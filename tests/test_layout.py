@@ -21,8 +21,8 @@ FIXTURE_RUN = os.path.join(REPO, "tests", "fixtures", "run_0.1.0")
 
 # Lowest first: a module may import its own layer or a lower one, never a higher one.
 LAYERS = [
-    ("configuration and errors (no torch)", ["dcac_config", "dcac_cli.base", "dcac_cli.choices", "dcac_cli.overrides",
-                                             "dcac_cli.parser", "dcac_cli.runs"]),
+    ("configuration, dataset layouts, run folders, errors (no torch)",
+     ["dcac_config", "dcac_cli.base", "dcac_cli.choices", "dcac_cli.overrides", "dcac_cli.parser", "dcac_cli.runs"]),
     ("shared helpers", ["dcac_plugin.utils", "dcac_plugin.registry", "dcac_plugin.toolbox_check",
                         "dcac_plugin.moved"]),
     ("data, models, losses, metrics, speed", ["dcac_plugin.data", "dcac_plugin.models", "dcac_plugin.losses",

@@ -1,7 +1,8 @@
 """``dcac`` answers what needs no model before it imports torch, torchreid, torchvision, diffusers,
-peft or open_clip: the config listing and printing, every command's --help, and the errors of a
-config. Each case runs in a fresh interpreter, which then reports the heavy
-modules it holds."""
+peft or open_clip: the config listing and printing, every command's --help, the errors of a
+config, and a training run's missing data root or dataset folder (ended as the run would end it:
+its configuration shown, its folder's rules kept). Each case runs in a fresh interpreter, which
+then reports the heavy modules it holds."""
 from __future__ import annotations
 
 import json
@@ -74,11 +75,15 @@ def errors(tmp_path) -> dict:
         "value out of range": (["train", "--config-file", "demo_baseline", "train.lr", "-1"], "train.lr is -1"),
         "temperature out of range": (["stats", "--config-file", "demo_dcac", "dcac.pcl.temperature", "0"],
                                      "dcac.pcl.temperature"),
+        # Reported before the target's missing folder, as the run reports it.
+        "split id out of range": (["train", "--config-file", "demo_baseline", "-t", "viper", "--root",
+                                   str(tmp_path / "no-data"), "test.split_ids", "[20]"],
+                                  "names split 20, but target 'viper' has splits 0..19"),
     }
 
 
 CASES = ["config file not found", "shipped name misspelt", "YAML error", "unknown key", "value of the wrong type",
-         "value out of range", "temperature out of range"]
+         "value out of range", "temperature out of range", "split id out of range"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -88,3 +93,95 @@ def test_errors_that_need_no_model_come_before_any_model_import(case, tmp_path):
     lines = found["err"].strip().splitlines()
     assert found["status"] == 2 and lines[0].startswith("dcac: error: ") and named in found["err"]
     assert "Traceback" not in found["err"] and found["heavy"] == []
+
+
+# ---------------------------------------------------------------- a missing dataset folder
+
+
+def train_market(root, save_dir) -> dict:
+    """``dcac train`` of the tiny baseline on Market-1501 under ``root``, in a fresh interpreter."""
+    return answer("train", "--config-file", "demo_baseline", "-s", "market1501", "-t", "market1501", "--root",
+                  str(root), "data.save_dir", str(save_dir))
+
+
+def assert_one_error_line(found: dict, named: str) -> None:
+    assert found["status"] == 2 and found["err"].startswith("dcac: error: ") and named in found["err"]
+    assert "Traceback" not in found["err"]
+
+
+@pytest.mark.parametrize("missing", ["data root", "dataset folder"])
+def test_a_missing_dataset_folder_ends_the_run_before_any_model_import(missing, tmp_path):
+    root = tmp_path / "data"
+    if missing == "dataset folder":
+        (root / "dukemtmc-reid").mkdir(parents=True)  # another dataset is there, not this one
+    found = train_market(root, tmp_path / "runs" / "m2m")
+    assert found["heavy"] == []
+    assert_one_error_line(found, {"data root": f"Data root {root} does not exist",
+                                  "dataset folder": f"{root / 'market1501'} does not exist"}[missing])
+    assert "bounding_box_train/" in found["err"] and "--root" in found["err"]  # the expected tree and the fix
+    assert found["out"].startswith("Show configuration\n")  # shown as the run shows it
+    assert not (tmp_path / "runs").exists()  # nothing left where the run made its folder
+
+
+def test_in_an_existing_run_folder_the_refused_run_keeps_its_log_and_the_users_files(tmp_path):
+    save_dir = tmp_path / "run"
+    save_dir.mkdir()
+    (save_dir / "notes.txt").write_text("mine")
+    found = train_market(tmp_path / "no-data", save_dir)
+    assert found["heavy"] == []
+    assert_one_error_line(found, "does not exist")
+    (log,) = [name for name in os.listdir(save_dir) if name.startswith("train.log-")]
+    assert sorted(os.listdir(save_dir)) == ["notes.txt", log] and (save_dir / "notes.txt").read_text() == "mine"
+    text = (save_dir / log).read_text()
+    assert text.startswith("Show configuration\n") and "DatasetLayoutError: Data root" in text
+
+
+def test_a_folder_holding_another_run_is_refused_first_and_nothing_is_written(tmp_path):
+    save_dir = tmp_path / "run"
+    save_dir.mkdir()
+    (save_dir / "results.json").write_text("{}")
+    found = train_market(tmp_path / "no-data", save_dir)
+    assert found["heavy"] == []
+    assert_one_error_line(found, f"data.save_dir {save_dir} already holds a run (results.json)")
+    assert os.listdir(save_dir) == ["results.json"] and found["out"] == ""
+
+
+def test_a_folder_another_run_holds_is_refused_first_and_nothing_is_written(tmp_path):
+    from dcac_config.run_folder.run_lock import LOCK_NAME, run_lock
+
+    save_dir = tmp_path / "run"
+    save_dir.mkdir()
+    with run_lock(str(save_dir)):  # held by this (live) process
+        found = train_market(tmp_path / "no-data", save_dir)
+        assert os.listdir(save_dir) == [LOCK_NAME]
+    assert found["heavy"] == []
+    assert_one_error_line(found, f"data.save_dir {save_dir} is in use by another run (pid {os.getpid()}")
+
+
+def test_the_rest_of_a_layout_is_checked_by_the_run_after_the_import(tmp_path):
+    """The boundary: a dataset folder that exists but lacks its parts passes the early check, and
+    the run, once it has imported the model code, names what is missing."""
+    root = tmp_path / "data"
+    (root / "market1501").mkdir(parents=True)
+    found = train_market(root, tmp_path / "run")
+    assert "torch" in found["heavy"] and "dcac_plugin" in found["heavy"]
+    assert_one_error_line(found, "Dataset 'market1501' is incomplete")
+
+
+def test_under_torchrun_the_early_check_leaves_the_folder_to_the_run(tmp_path, monkeypatch):
+    """torchrun's processes check their launch environment first, in the run."""
+    from dcac_cli.answers import refuse_missing_dataset_folders
+    from dcac_config.layouts import DatasetLayoutError
+    from dcac_config.loading import build_config
+    from dcac_config.shipped import demo_config_path
+
+    cfg = build_config(demo_config_path("baseline"), ["data.sources", "['market1501']", "data.root",
+                                                      str(tmp_path / "no-data"), "data.save_dir",
+                                                      str(tmp_path / "run")])
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(DatasetLayoutError, match="does not exist"):
+        refuse_missing_dataset_folders(cfg)
+    monkeypatch.setenv("RANK", "0")
+    refuse_missing_dataset_folders(cfg)
+    assert not (tmp_path / "run").exists()

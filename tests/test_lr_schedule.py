@@ -17,7 +17,8 @@ from torch import nn
 from torchreid import engine as reid_engine
 
 from dcac_config.loading import build_config
-from dcac_plugin.engines.common import RunRecordMixin, checkpoint_paths
+from dcac_config.run_folder.save_dir import checkpoint_paths
+from dcac_plugin.engines.common import RunRecordMixin
 from dcac_plugin.engines.toolbox_kwargs import device_kwargs
 from dcac_plugin.run.launcher import resume
 from dcac_plugin.run.optim import WarmupMultiStepLR, build_optimizer, build_scheduler, warmup_multi_step_factor

@@ -20,12 +20,12 @@ from tree_guard import digests
 
 import dcac_plugin.tools.inference
 from dcac_config.loading import build_config
+from dcac_config.run_folder.run_lock import LOCK_NAME, read_owner
+from dcac_config.run_folder.save_dir import continues_run, run_outputs
 from dcac_config.shipped import demo_config_path
 from dcac_plugin.cli import main
 from dcac_plugin.run import launcher
 from dcac_plugin.run.launcher import check_epochs, run
-from dcac_plugin.run.run_lock import LOCK_NAME, read_owner
-from dcac_plugin.run.save_dir import continues_run, run_outputs
 from dcac_plugin.tools.extract import load_features
 
 

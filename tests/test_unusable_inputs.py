@@ -15,9 +15,9 @@ from dataset_writers import write_market1501, write_msmt17_lists
 from test_no_overwrite import digests
 
 from dcac_config.layouts import DatasetLayoutError, check_dataset_layout
+from dcac_config.run_folder.run_lock import LOCK_NAME
 from dcac_config.shipped import demo_config_path
 from dcac_plugin.cli import main
-from dcac_plugin.run.run_lock import LOCK_NAME
 from dcac_plugin.utils import hub
 
 

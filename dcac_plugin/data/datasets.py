@@ -41,7 +41,7 @@ file name rather than the whole path (a parent folder such as ``run_2_c1`` canno
 one), read the files in sorted order and number the training pids in ascending order, so a
 seeded run sees the same data in the same order on every file system. Neither downloads
 anything: a missing or incomplete folder raises :class:`~dcac_config.layouts.DatasetLayoutError`
-with the expected tree, and their layouts are registered for the launcher's pre-flight check.
+with the expected tree; their layouts are among :mod:`dcac_config.layouts`'s, for the pre-flight check.
 Multi-source offsets of pids and cameras are left to torchreid, which applies them when it adds
 the sources' training sets.
 """
@@ -52,39 +52,13 @@ from typing import Dict, List, Tuple, Type
 
 from torchreid import data as reid_data
 
-from dcac_config.layouts import (DatasetLayout, DatasetLayoutError, ImageNames, check_dataset_layout, pid_and_camera,
-                                 register_layout)
+from dcac_config.layouts import (CUHK03_NP_LAYOUT, CUHK03_NP_NAMES, MSMT17_FOLDER_LAYOUT, MSMT17_FOLDER_NAMES,
+                                 DatasetLayout, DatasetLayoutError, ImageNames, check_dataset_layout, pid_and_camera)
 
 Item = Tuple[str, int, int]  # (image path, pid, 0-based camera), as torchreid's datasets list them
 
 # The order torchreid's Market1501 checks them in, so the first missing one is the one it would name.
 _SPLIT_DIRS = ("bounding_box_train", "query", "bounding_box_test")
-MSMT17_FOLDER_NAMES = ImageNames(example="0012_c14_0003.jpg", num_cameras=15)
-CUHK03_NP_NAMES = ImageNames(example="0001_c1_1.png", num_cameras=2, extension=".png")
-
-MSMT17_FOLDER_LAYOUT = DatasetLayout(
-    folder="MSMT17", required=_SPLIT_DIRS,
-    tree=("MSMT17/                         as the DCAC reference code reads it\n"
-          "    bounding_box_train/         training images, e.g. 0012_c14_0003.jpg (pid_cCAMERA_..., cameras 1..15)\n"
-          "    bounding_box_test/          gallery images\n"
-          "    query/                      query images"),
-)
-
-CUHK03_NP_LAYOUT = DatasetLayout(
-    # Either subset satisfies the pre-flight check, which cannot know which one the run reads;
-    # the dataset checks the subset it reads when it is built.
-    folder="cuhk03np", other_folders=("cuhk03-np",), alternatives=("detected", "labeled"), required=_SPLIT_DIRS,
-    tree=("cuhk03np/                       as the DCAC reference code reads it; or cuhk03-np/, as the published\n"
-          "                                cuhk03-np.zip unpacks (with both, cuhk03np/ is read)\n"
-          "    detected/                   read by default (cuhk03.labeled_images False, as in the paper)\n"
-          "        bounding_box_train/     training images, e.g. 0001_c1_1.png (cameras c1, c2)\n"
-          "        bounding_box_test/      gallery images\n"
-          "        query/                  query images\n"
-          "    labeled/                    read instead with cuhk03.labeled_images True; may be absent otherwise\n"
-          "        bounding_box_train/\n"
-          "        bounding_box_test/\n"
-          "        query/"),
-)
 
 
 def read_market_style_dir(dir_path: str, dataset: str, names: ImageNames, relabel: bool) -> List[Item]:
@@ -187,9 +161,6 @@ class CUHK03NP(reid_data.ImageDataset):
 
 
 EXTRA_DATASETS: Dict[str, Type[reid_data.ImageDataset]] = {"msmt17_folder": MSMT17Folder, "cuhk03_np": CUHK03NP}
-
-register_layout("msmt17_folder", MSMT17_FOLDER_LAYOUT)
-register_layout("cuhk03_np", CUHK03_NP_LAYOUT)
 
 __all__ = ["CUHK03NP", "CUHK03_NP_LAYOUT", "CUHK03_NP_NAMES", "EXTRA_DATASETS", "MSMT17Folder",
            "MSMT17_FOLDER_LAYOUT", "MSMT17_FOLDER_NAMES", "read_market_style_dir"]

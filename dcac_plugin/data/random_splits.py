@@ -18,17 +18,10 @@ from __future__ import annotations
 
 from typing import Dict, Sequence, Tuple
 
-from dcac_config.errors import ConfigError
+from dcac_config.values import SPLIT_COUNTS, STANDARD_SPLIT_IDS, check_split_ids, listed_ids
 
 from ..utils.toolbox_tables import image_dataset_table
 from .loaders import loader_like
-
-# How many splits torchreid's reader holds, and the ones the standard protocol averages over.
-SPLIT_COUNTS: Dict[str, int] = {"ilids": 10, "prid": 10, "grid": 10, "viper": 20}
-STANDARD_SPLIT_IDS: Dict[str, Tuple[int, ...]] = {
-    "ilids": tuple(range(10)), "prid": tuple(range(10)), "grid": tuple(range(10)),
-    "viper": tuple(range(0, 20, 2)),  # one direction (camera A queries) of each of its 10 partitions
-}
 
 
 def split_ids_for(dataset: str, requested: Sequence[int]) -> Tuple[int, ...]:
@@ -42,24 +35,6 @@ def split_ids_for(dataset: str, requested: Sequence[int]) -> Tuple[int, ...]:
 def split_key(dataset: str, split_id: int) -> str:
     """The test-loader key of one split of ``dataset``, e.g. ``viper/split2``."""
     return f"{dataset}/split{split_id}"
-
-
-def check_split_ids(targets: Sequence[str], requested: Sequence[int]) -> None:
-    """``test.split_ids`` must name splits every random-split target has (torchreid would take a
-    negative id from the end of its list, silently)."""
-    for dataset in targets:
-        if dataset not in SPLIT_COUNTS:
-            continue
-        count = SPLIT_COUNTS[dataset]
-        bad = [i for i in requested if not 0 <= int(i) < count]
-        if bad:
-            raise ConfigError(f"test.split_ids {list(requested)} names split {bad[0]}, but target {dataset!r} has "
-                              f"splits 0..{count - 1}. Give ids in that range, or [] for its standard "
-                              f"{len(STANDARD_SPLIT_IDS[dataset])} ({_ids(STANDARD_SPLIT_IDS[dataset])}).")
-
-
-def _ids(ids: Sequence[int]) -> str:
-    return ", ".join(str(i) for i in ids)
 
 
 def expand_split_targets(manager, root: str, requested: Sequence[int]) -> Dict[str, Tuple[str, int]]:
@@ -87,7 +62,7 @@ def expand_split_targets(manager, root: str, requested: Sequence[int]) -> Dict[s
             split_keys[key] = (dataset, split_id)
             sizes.append((len(manager.test_dataset[key]["query"]), len(manager.test_dataset[key]["gallery"])))
         shown = ", ".join(f"{q}/{g}" for q, g in dict.fromkeys(sizes))
-        print(f"{dataset}: evaluated on each of its splits {_ids(ids)} (query/gallery images: {shown}); "
+        print(f"{dataset}: evaluated on each of its splits {listed_ids(ids)} (query/gallery images: {shown}); "
               "the mean over them is its result (test.split_ids)")
     manager.split_keys = split_keys
     return split_keys

@@ -10,14 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from dcac_config.errors import UserError
+from dcac_config.run_folder.save_dir import checkpoint_paths
 
 from ..evaluation import evaluate_features, mean_over_splits, torchreid_ranking_note
 from ..utils import distributed
 from ..utils.checkpoint import atomic_copy, atomic_save
 from ..utils.rng import capture_rng_state, preserved_rng, restore_rank_rng_state
-
-LATEST = "latest.pth.tar"
-BEST = "best.pth.tar"
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -32,12 +30,6 @@ class _NullWriter:
 
     def close(self) -> None:
         pass
-
-
-def checkpoint_paths(save_dir: str, name: str = "model") -> Dict[str, str]:
-    """Where an engine writes its checkpoints: ``latest`` and ``best`` beside torchreid's numbered ones."""
-    folder = osp.join(save_dir, name)
-    return {"latest": osp.join(folder, LATEST), "best": osp.join(folder, BEST)}
 
 
 class RunRecordMixin:

@@ -16,11 +16,11 @@ from typing import Dict, List, Optional
 from yacs.config import CfgNode as CN
 
 from dcac_config.errors import ConfigError
+from dcac_config.run_folder.save_dir import RUN_FILES
 from dcac_config.run_settings import (EVALUATION, HOW_IT_RUNS, RESUME_APPLIES, RUN_PLACE, SCHEDULES_SPANNING_MAX_EPOCH,
                                       describe, differences, in_class, recorded_settings, settings_of)
 
 from ..utils.checkpoint import CheckpointError, find_run_config, is_torch_save_file
-from .save_dir import RUN_FILES
 
 CHECKPOINTS = "latest.pth.tar, best.pth.tar or model.pth.tar-<epoch>"
 MAY_CHANGE = ("train.max_epoch, train.lr, train.base_lr_mult, train.amp, the evaluation (test.*, data.targets) and "

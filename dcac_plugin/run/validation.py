@@ -1,8 +1,7 @@
 """Config values in their valid range, checked before any work: all the rules, in order.
 
-The rules that need no model are :mod:`dcac_config.values`; the three here ask torchreid (its
-optimizers), the model (a CLIP ViT's patch size) or the dataset readers (the random-split
-targets' split ids). :func:`check_values` runs them all (the launcher's ``check_config`` calls it).
+The rules that need no model are :mod:`dcac_config.values`; the two here ask torchreid (its
+optimizers) or the model (a CLIP ViT's patch size). :func:`check_values` runs them all (the launcher's ``check_config`` calls it).
 """
 from __future__ import annotations
 
@@ -15,9 +14,9 @@ from dcac_config.errors import ConfigError
 from dcac_config.names import nearest_name
 from dcac_config.values import (alternatives, at_least, check_batch_sizes, check_diffusion_image_size,
                                 check_distributed_timeouts, check_identity_sampler, check_learning_rate,
-                                check_lora_rank, check_temperatures, check_workers, multiples_near, value_at)
+                                check_lora_rank, check_temperatures, check_test_split_ids, check_workers,
+                                multiples_near, value_at)
 
-from ..data.random_splits import check_split_ids
 from ..models.clip_reid import CLIP_MODELS, clip_patch_size
 
 
@@ -47,11 +46,6 @@ def check_input_size(cfg: CN) -> None:
                               f"Set {key} to {alternatives(multiples_near(size, patch))}.")
 
 
-def check_test_split_ids(cfg: CN) -> None:
-    """``test.split_ids`` names splits that the random-split targets (iLIDS, PRID, GRID, VIPeR) have."""
-    check_split_ids(list(cfg.data.targets), list(cfg.test.split_ids))
-
-
 RULES: Tuple[Callable[[CN], None], ...] = (
     check_batch_sizes, check_identity_sampler, check_workers, check_learning_rate, check_optimizer,
     check_input_size, check_lora_rank, check_temperatures, check_diffusion_image_size, check_test_split_ids,
@@ -64,4 +58,4 @@ def check_values(cfg: CN) -> None:
         rule(cfg)
 
 
-__all__ = ["RULES", "check_input_size", "check_optimizer", "check_test_split_ids", "check_values"]
+__all__ = ["RULES", "check_input_size", "check_optimizer", "check_values"]

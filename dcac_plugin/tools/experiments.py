@@ -22,12 +22,12 @@ from dcac_config.errors import CommandFailed, ConfigError
 from dcac_config.generators.protocols import domain, paper_variant, setting_name
 from dcac_config.loading import build_config
 from dcac_config.names import nearest_names
+from dcac_config.run_folder.save_dir import run_outputs
 from dcac_config.run_settings import HOW_IT_RUNS, RUN_PLACE, describe, differences, recorded_settings, settings_of
 from dcac_config.shipped import (CONFIG_SUFFIXES, RUN_LIST_SUFFIX, resolve_config, resolve_run_list, shipped_config,
                                  shipped_configs, shipped_run_list, shipped_run_lists)
 
 from ..data.random_splits import split_ids_for
-from ..run.save_dir import run_outputs
 from ..utils.checkpoint import atomic_write
 from ..utils.distributed import launched_info
 

@@ -26,8 +26,8 @@ from typing import Any, BinaryIO, Callable, Iterator, List, Optional
 import torch
 
 from dcac_config.errors import DiskFullError, Terminated, UsageError
+from dcac_config.run_folder.save_dir import TEMPORARY_PREFIX
 
-TEMPORARY_PREFIX = ".tmp-"
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 DENIED_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 

@@ -19,9 +19,7 @@ import os
 import os.path as osp
 from typing import Collection, Optional, Tuple
 
-from ..engines.common import checkpoint_paths
-from ..utils.atomic_files import TEMPORARY_PREFIX
-from .save_dir import CHECKPOINT_FOLDER, EVENTS_PREFIX, run_outputs
+from .save_dir import CHECKPOINT_FOLDER, EVENTS_PREFIX, TEMPORARY_PREFIX, checkpoint_paths, run_outputs
 
 
 def remove_leftover_temporaries(save_dir: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import os.path as osp
-from typing import List
+from typing import Dict, List
 
 from yacs.config import CfgNode as CN
 
@@ -22,8 +22,18 @@ from dcac_config.errors import ConfigError
 RUN_FILES = ("config.yaml", "results.json", "encoder.safetensors")
 EVENTS_PREFIX = "events.out.tfevents."
 CHECKPOINT_FOLDER = "model"
+LATEST = "latest.pth.tar"
+BEST = "best.pth.tar"
+# A file being written atomically is a ``.tmp-*`` file beside its target until it is complete.
+TEMPORARY_PREFIX = ".tmp-"
 # How many outputs a message lists before "and N more".
 LISTED = 4
+
+
+def checkpoint_paths(save_dir: str, name: str = CHECKPOINT_FOLDER) -> Dict[str, str]:
+    """Where an engine writes its checkpoints: ``latest`` and ``best`` beside torchreid's numbered ones."""
+    folder = osp.join(save_dir, name)
+    return {"latest": osp.join(folder, LATEST), "best": osp.join(folder, BEST)}
 
 
 def _names(folder: str) -> List[str]:
@@ -105,4 +115,5 @@ def remove_outputs(save_dir: str, outputs: List[str]) -> None:
     print(f"data.overwrite True: deleted the earlier run's outputs in {save_dir} ({_listing(outputs)}); its logs stay.")
 
 
-__all__ = ["check_save_dir", "continues_run", "is_inside", "remove_outputs", "run_outputs"]
+__all__ = ["BEST", "CHECKPOINT_FOLDER", "EVENTS_PREFIX", "LATEST", "RUN_FILES", "TEMPORARY_PREFIX", "check_save_dir",
+           "checkpoint_paths", "continues_run", "is_inside", "remove_outputs", "run_outputs"]
