@@ -123,12 +123,18 @@ def test_a_missing_dataset_folder_ends_the_run_before_any_model_import(missing, 
     assert not (tmp_path / "runs").exists()  # nothing left where the run made its folder
 
 
-def test_in_an_existing_run_folder_the_refused_run_keeps_its_log_and_the_users_files(tmp_path):
+def train_into_folder_holding(tmp_path, name: str, text: str):
+    """(save_dir, answer) of a run without its data root, into a folder that holds file ``name``."""
     save_dir = tmp_path / "run"
     save_dir.mkdir()
-    (save_dir / "notes.txt").write_text("mine")
+    (save_dir / name).write_text(text)
     found = train_market(tmp_path / "no-data", save_dir)
     assert found["heavy"] == []
+    return save_dir, found
+
+
+def test_in_an_existing_run_folder_the_refused_run_keeps_its_log_and_the_users_files(tmp_path):
+    save_dir, found = train_into_folder_holding(tmp_path, "notes.txt", "mine")
     assert_one_error_line(found, "does not exist")
     (log,) = [name for name in os.listdir(save_dir) if name.startswith("train.log-")]
     assert sorted(os.listdir(save_dir)) == ["notes.txt", log] and (save_dir / "notes.txt").read_text() == "mine"
@@ -137,11 +143,7 @@ def test_in_an_existing_run_folder_the_refused_run_keeps_its_log_and_the_users_f
 
 
 def test_a_folder_holding_another_run_is_refused_first_and_nothing_is_written(tmp_path):
-    save_dir = tmp_path / "run"
-    save_dir.mkdir()
-    (save_dir / "results.json").write_text("{}")
-    found = train_market(tmp_path / "no-data", save_dir)
-    assert found["heavy"] == []
+    save_dir, found = train_into_folder_holding(tmp_path, "results.json", "{}")
     assert_one_error_line(found, f"data.save_dir {save_dir} already holds a run (results.json)")
     assert os.listdir(save_dir) == ["results.json"] and found["out"] == ""
 
