@@ -29,7 +29,7 @@ from .errors import UsageError, UserError
 
 _FIX = "put the dataset there or pass --root / set data.root"
 # The image folders of a Market-style dataset, in the order torchreid reads them.
-_MARKET_DIRS = ("bounding_box_train", "query", "bounding_box_test")
+MARKET_SPLIT_FOLDERS = ("bounding_box_train", "query", "bounding_box_test")
 
 
 class DatasetLayoutError(UserError, FileNotFoundError):
@@ -95,7 +95,7 @@ class ImageNames:
     example: str
     num_cameras: int
     extension: str = ".jpg"
-    folders: Tuple[str, ...] = _MARKET_DIRS
+    folders: Tuple[str, ...] = MARKET_SPLIT_FOLDERS
     reader_pattern: Pattern = MARKET_STYLE_NAME
     whole_path: bool = False
     junk_pid: Optional[int] = -1
@@ -262,7 +262,7 @@ MSMT17_FOLDER_NAMES = ImageNames(example="0012_c14_0003.jpg", num_cameras=15)
 CUHK03_NP_NAMES = ImageNames(example="0001_c1_1.png", num_cameras=2, extension=".png")
 
 MSMT17_FOLDER_LAYOUT = DatasetLayout(
-    folder="MSMT17", required=_MARKET_DIRS,
+    folder="MSMT17", required=MARKET_SPLIT_FOLDERS,
     tree=("MSMT17/                         as the DCAC reference code reads it\n"
           "    bounding_box_train/         training images, e.g. 0012_c14_0003.jpg (pid_cCAMERA_..., cameras 1..15)\n"
           "    bounding_box_test/          gallery images\n"
@@ -272,7 +272,8 @@ MSMT17_FOLDER_LAYOUT = DatasetLayout(
 CUHK03_NP_LAYOUT = DatasetLayout(
     # Either subset satisfies the pre-flight check, which cannot know which one the run reads;
     # the dataset checks the subset it reads when it is built.
-    folder="cuhk03np", other_folders=("cuhk03-np",), alternatives=("detected", "labeled"), required=_MARKET_DIRS,
+    folder="cuhk03np", other_folders=("cuhk03-np",), alternatives=("detected", "labeled"),
+    required=MARKET_SPLIT_FOLDERS,
     tree=("cuhk03np/                       as the DCAC reference code reads it; or cuhk03-np/, as the published\n"
           "                                cuhk03-np.zip unpacks (with both, cuhk03np/ is read)\n"
           "    detected/                   read by default (cuhk03.labeled_images False, as in the paper)\n"
@@ -291,7 +292,7 @@ EXPECTED_LAYOUTS: Dict[str, DatasetLayout] = {
     # (with a deprecation warning) from market1501/ itself. images/ is read only with
     # market1501_500k=True, so it is not required.
     "market1501": DatasetLayout(
-        folder="market1501", alternatives=("Market-1501-v15.09.15", ""), required=_MARKET_DIRS,
+        folder="market1501", alternatives=("Market-1501-v15.09.15", ""), required=MARKET_SPLIT_FOLDERS,
         names=ImageNames(example="0002_c1s1_000451_03.jpg", num_cameras=6, reader_pattern=TORCHREID_NAME,
                          whole_path=True, max_pid=1501),
         tree=("market1501/\n"
@@ -304,7 +305,7 @@ EXPECTED_LAYOUTS: Dict[str, DatasetLayout] = {
     ),
     # Note the folder: torchreid's name is 'dukemtmcreid' but its folder is 'dukemtmc-reid'.
     "dukemtmcreid": DatasetLayout(
-        folder="dukemtmc-reid", alternatives=("DukeMTMC-reID",), required=_MARKET_DIRS,
+        folder="dukemtmc-reid", alternatives=("DukeMTMC-reID",), required=MARKET_SPLIT_FOLDERS,
         # torchreid's Duke reader has no junk pid: it checks the camera of every image.
         names=ImageNames(example="0001_c2_f0046182.jpg", num_cameras=8, reader_pattern=TORCHREID_NAME,
                          whole_path=True, junk_pid=None),
@@ -496,6 +497,6 @@ def check_dataset_folders(names: Union[str, Iterable[str]], root: str) -> None:
 
 
 __all__ = ["CUHK03_NP_LAYOUT", "CUHK03_NP_NAMES", "DatasetFileNameError", "DatasetLayout", "DatasetLayoutError",
-           "EXPECTED_LAYOUTS", "ImageNames", "ListLines", "MARKET_STYLE_NAME", "MSMT17_FOLDER_LAYOUT",
-           "MSMT17_FOLDER_NAMES", "TORCHREID_NAME", "check_dataset_folders", "check_dataset_layout", "check_datasets",
-           "dataset_folder", "pid_and_camera", "register_layout"]
+           "EXPECTED_LAYOUTS", "ImageNames", "ListLines", "MARKET_SPLIT_FOLDERS", "MARKET_STYLE_NAME",
+           "MSMT17_FOLDER_LAYOUT", "MSMT17_FOLDER_NAMES", "TORCHREID_NAME", "check_dataset_folders",
+           "check_dataset_layout", "check_datasets", "dataset_folder", "pid_and_camera", "register_layout"]

@@ -139,7 +139,7 @@ def check_test_split_ids(cfg: CN) -> None:
     check_split_ids(list(cfg.data.targets), list(cfg.test.split_ids))
 
 
-# In the order dcac_plugin.run.validation.RULES runs them.
+# In their order; dcac_plugin.run.validation.RULES runs these with its two model rules after the learning rate.
 RULES_WITHOUT_MODELS: Tuple[Callable[[CN], None], ...] = (
     check_batch_sizes, check_identity_sampler, check_workers, check_learning_rate, check_lora_rank,
     check_temperatures, check_diffusion_image_size, check_test_split_ids, check_distributed_timeouts)

@@ -17,5 +17,6 @@ def __getattr__(name: str):
     return moved_attribute(__name__, name, ("dcac_plugin.tools.commands", "dcac_cli.answers", "dcac_config.shipped",
                                             "dcac_config.loading"))
 
+
 if __name__ == "__main__":
     sys.exit(main())

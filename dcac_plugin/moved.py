@@ -74,6 +74,15 @@ def _warn(old: str, new: Sequence[str], stacklevel: int = 3) -> None:
                   "next release).", DeprecationWarning, stacklevel=stacklevel)
 
 
+def _holder(targets: Sequence[str], name: str) -> Optional[types.ModuleType]:
+    """The first of ``targets`` (imported) that holds ``name``, or None."""
+    for target in targets:
+        module = importlib.import_module(target)
+        if hasattr(module, name):
+            return module
+    return None
+
+
 class _SplitModule(types.ModuleType):
     """An old module whose names now live in several modules: each attribute looked up in turn."""
 
@@ -84,12 +93,11 @@ class _SplitModule(types.ModuleType):
     def __getattr__(self, attribute: str):
         if attribute.startswith("__"):
             raise AttributeError(attribute)
-        for target in self.__targets:
-            module = importlib.import_module(target)
-            if hasattr(module, attribute):
-                return getattr(module, attribute)
-        raise AttributeError(f"module {self.__name__!r} has no attribute {attribute!r} "
-                             f"(it moved to {', '.join(self.__targets)})")
+        holder = _holder(self.__targets, attribute)
+        if holder is None:
+            raise AttributeError(f"module {self.__name__!r} has no attribute {attribute!r} "
+                                 f"(it moved to {', '.join(self.__targets)})")
+        return getattr(holder, attribute)
 
     def __dir__(self):
         return sorted({name for target in self.__targets for name in dir(importlib.import_module(target))})
@@ -114,7 +122,9 @@ class _OldPathLoader(importlib.abc.Loader):
 
 
 class _OldPathFinder(importlib.abc.MetaPathFinder):
-    """Finds ``dcac_plugin.<old path>`` (after the regular finders found no such file)."""
+    """Finds ``dcac_plugin.<old path>``, ahead of the regular finders: below an old package path
+    (``dcac_plugin.visualize``, the new package itself) they would find the new package's files and
+    load them a second time under the old name."""
 
     def find_spec(self, fullname: str, path=None, target=None) -> Optional[importlib.machinery.ModuleSpec]:
         prefix = PACKAGE + "."
@@ -134,12 +144,11 @@ def install_old_paths() -> None:
 def moved_attribute(module: str, name: str, targets: Sequence[str]):
     """For a module's ``__getattr__``: ``name`` that moved from ``module`` to one of ``targets``,
     with a DeprecationWarning; AttributeError when none holds it."""
-    for target in targets:
-        found = importlib.import_module(target)
-        if hasattr(found, name):
-            _warn(f"{module}.{name}", [f"{target}.{name}"])
-            return getattr(found, name)
-    raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    holder = _holder(targets, name)
+    if holder is None:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    _warn(f"{module}.{name}", [f"{holder.__name__}.{name}"])
+    return getattr(holder, name)
 
 
 __all__ = ["MOVED", "install_old_paths", "moved_attribute"]

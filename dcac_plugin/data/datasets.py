@@ -52,13 +52,11 @@ from typing import Dict, List, Tuple, Type
 
 from torchreid import data as reid_data
 
-from dcac_config.layouts import (CUHK03_NP_LAYOUT, CUHK03_NP_NAMES, MSMT17_FOLDER_LAYOUT, MSMT17_FOLDER_NAMES,
-                                 DatasetLayout, DatasetLayoutError, ImageNames, check_dataset_layout, pid_and_camera)
+from dcac_config.layouts import (CUHK03_NP_LAYOUT, CUHK03_NP_NAMES, MARKET_SPLIT_FOLDERS, MSMT17_FOLDER_LAYOUT,
+                                 MSMT17_FOLDER_NAMES, DatasetLayout, DatasetLayoutError, ImageNames,
+                                 check_dataset_layout, pid_and_camera)
 
 Item = Tuple[str, int, int]  # (image path, pid, 0-based camera), as torchreid's datasets list them
-
-# The order torchreid's Market1501 checks them in, so the first missing one is the one it would name.
-_SPLIT_DIRS = ("bounding_box_train", "query", "bounding_box_test")
 
 
 def read_market_style_dir(dir_path: str, dataset: str, names: ImageNames, relabel: bool) -> List[Item]:
@@ -91,12 +89,12 @@ def _read_splits(name: str, layout: DatasetLayout, names: ImageNames, root: str,
                  why: str = "") -> Tuple[List[Item], List[Item], List[Item]]:
     """Train, query and gallery of the Market-style folders in ``data_dir``, after checking that
     ``data_dir`` and each folder exist and hold images (``why`` is added to such errors)."""
-    for path in (data_dir,) + tuple(os.path.join(data_dir, d) for d in _SPLIT_DIRS):
+    for path in (data_dir,) + tuple(os.path.join(data_dir, d) for d in MARKET_SPLIT_FOLDERS):
         if not os.path.isdir(path):
             raise DatasetLayoutError.for_path(name, path, root, layout.tree,
                                               f"Dataset {name!r} is incomplete: {path} does not exist{why}.")
     splits = {}
-    for split_dir in _SPLIT_DIRS:
+    for split_dir in MARKET_SPLIT_FOLDERS:
         path = os.path.join(data_dir, split_dir)
         splits[split_dir] = read_market_style_dir(path, name, names, relabel=split_dir == "bounding_box_train")
         # torchreid's Dataset indexes train[0], query[0] and gallery[0]: an empty split would

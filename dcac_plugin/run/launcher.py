@@ -416,7 +416,7 @@ def run(cfg: CN) -> Dict[str, Any]:
         for note in resume_notes:
             print(note)
         prepared = prepare(cfg)
-        if distributed.launched_info().is_main:
+        if is_main:
             if replaced:
                 remove_outputs(cfg.data.save_dir, replaced)
             atomic_write(run_config_path(cfg.data.save_dir), lambda handle: handle.write(cfg.dump().encode()))

@@ -12,10 +12,8 @@ from yacs.config import CfgNode as CN
 
 from dcac_config.errors import ConfigError
 from dcac_config.names import nearest_name
-from dcac_config.values import (alternatives, at_least, check_batch_sizes, check_diffusion_image_size,
-                                check_distributed_timeouts, check_identity_sampler, check_learning_rate,
-                                check_lora_rank, check_temperatures, check_test_split_ids, check_workers,
-                                multiples_near, value_at)
+from dcac_config.values import (RULES_WITHOUT_MODELS, alternatives, at_least, check_learning_rate, multiples_near,
+                                value_at)
 
 from ..models.clip_reid import CLIP_MODELS, clip_patch_size
 
@@ -46,10 +44,11 @@ def check_input_size(cfg: CN) -> None:
                               f"Set {key} to {alternatives(multiples_near(size, patch))}.")
 
 
-RULES: Tuple[Callable[[CN], None], ...] = (
-    check_batch_sizes, check_identity_sampler, check_workers, check_learning_rate, check_optimizer,
-    check_input_size, check_lora_rank, check_temperatures, check_diffusion_image_size, check_test_split_ids,
-    check_distributed_timeouts)
+# The model-free rules in their order, with the two that need torchreid or the model after the
+# learning rate, where they have always run.
+_MODEL_RULES_AT = RULES_WITHOUT_MODELS.index(check_learning_rate) + 1
+RULES: Tuple[Callable[[CN], None], ...] = (RULES_WITHOUT_MODELS[:_MODEL_RULES_AT] + (check_optimizer, check_input_size)
+                                           + RULES_WITHOUT_MODELS[_MODEL_RULES_AT:])
 
 
 def check_values(cfg: CN) -> None:
